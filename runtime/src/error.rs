@@ -1,0 +1,55 @@
+//! One error type for the library. The CLI maps [`Error::exit_code`] to the process status:
+//! 2 for anything the user can fix (bad input, bad model set), 1 for failures inside a backend.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A user-supplied value is wrong: `input` names it (a flag, a file, a layout field).
+    #[error("{input}: {reason}")]
+    InvalidInput { input: String, reason: String },
+
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A model set is unusable: missing or corrupted file, checksum or IO spec mismatch.
+    #[error("model set {set}: {reason}")]
+    ModelSet { set: String, reason: String },
+
+    /// A graph failed while running (backend error, NaN/Inf in an output).
+    #[error("graph {graph}: {reason}")]
+    Graph { graph: String, reason: String },
+}
+
+impl Error {
+    pub fn invalid_input(input: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidInput { input: input.into(), reason: reason.into() }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    pub fn model_set(set: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::ModelSet { set: set.into(), reason: reason.into() }
+    }
+
+    pub fn graph(graph: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Graph { graph: graph.into(), reason: reason.into() }
+    }
+
+    /// Process exit status for this error: 2 for usage and input errors, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::InvalidInput { .. } | Error::Io { .. } | Error::ModelSet { .. } => 2,
+            Error::Graph { .. } => 1,
+        }
+    }
+}
