@@ -1,0 +1,48 @@
+//! The `idpatch` command line. Each subcommand lives in its own file with an `Args` struct and a
+//! `run` function; errors from the library keep their exit code (2 for bad input).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod validate;
+
+#[derive(Parser)]
+#[command(name = "idpatch", version, about = "ID-Patch group photos from precompiled ONNX graphs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every graph of a set on its golden inputs and compare with the PyTorch outputs.
+    Validate(validate::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code_of(&err))
+        }
+    }
+}
+
+/// 2 for input and usage errors (the library says which), 1 for everything else.
+fn exit_code_of(err: &anyhow::Error) -> u8 {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<idpatch::Error>())
+        .map_or(1, |e| e.exit_code() as u8)
+}

@@ -1,0 +1,1 @@
+//! Golden-tensor validation of a graph set.
