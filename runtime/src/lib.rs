@@ -11,5 +11,8 @@ pub mod npy;
 pub mod tensor;
 pub mod validate;
 
+#[cfg(feature = "tract")]
+pub use backend::tract::TractBackend;
+
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor};

@@ -1,1 +1,144 @@
-//! Backends that run graphs.
+//! Backends run graphs on named tensors. Callers see one trait; the tract backend (pure Rust,
+//! CPU) and the ONNX Runtime backend implement it.
+//!
+//! Values passed between graph runs are [`Value`]s: a backend that keeps tensors in device memory
+//! returns [`Value::Device`] outputs that can be fed straight back into the next run without a
+//! host round trip; [`Graph::to_host`] copies one back when the caller needs the numbers.
+
+use std::any::Any;
+use std::path::Path;
+
+use crate::manifest::{check_io, ModelSet, Role, TensorSpec};
+use crate::tensor::{DType, Tensor};
+use crate::{Error, Result};
+
+#[cfg(feature = "tract")]
+pub mod tract;
+
+/// A tensor owned by a backend, in its device memory.
+pub struct DeviceTensor {
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    /// The backend's own handle; only the backend that made it can read it.
+    pub handle: Box<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for DeviceTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceTensor({} {:?})", self.dtype, self.shape)
+    }
+}
+
+#[derive(Debug)]
+pub enum Value {
+    Host(Tensor),
+    Device(DeviceTensor),
+}
+
+impl Value {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Value::Host(t) => t.shape(),
+            Value::Device(d) => &d.shape,
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Value::Host(t) => t.dtype(),
+            Value::Device(d) => d.dtype,
+        }
+    }
+}
+
+impl From<Tensor> for Value {
+    fn from(t: Tensor) -> Self {
+        Value::Host(t)
+    }
+}
+
+/// Inputs and outputs a graph file declares, in its own order.
+#[derive(Debug, Clone)]
+pub struct GraphIo {
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+pub trait Backend {
+    /// Short name for tables and errors ("tract", "ort-cuda", ...).
+    fn name(&self) -> String;
+
+    /// Loads one graph file. Errors for unreadable or corrupted files are model-set errors.
+    fn load(&self, role: Role, path: &Path) -> Result<Box<dyn Graph>>;
+}
+
+pub trait Graph: Send {
+    fn role(&self) -> Role;
+
+    fn io(&self) -> &GraphIo;
+
+    /// Runs the graph. Every declared input must be given by name; outputs come back in the
+    /// graph's output order.
+    fn run(&mut self, inputs: &[(&str, &Value)]) -> Result<Vec<Value>>;
+
+    /// Copies a value (possibly in device memory) to the host.
+    fn to_host(&self, value: Value) -> Result<Tensor> {
+        match value {
+            Value::Host(t) => Ok(t),
+            Value::Device(d) => Err(Error::graph(
+                self.role().name(),
+                format!("cannot read a device tensor {d:?} on this backend"),
+            )),
+        }
+    }
+}
+
+/// Loads the graph for `role` of `set` and checks its declared IO against the manifest.
+pub fn load_checked(backend: &dyn Backend, set: &ModelSet, role: Role) -> Result<Box<dyn Graph>> {
+    let path = set.graph_path(role)?;
+    let graph = backend.load(role, &path).map_err(|e| match e {
+        Error::ModelSet { reason, .. } | Error::Graph { reason, .. } => {
+            set.error(format!("graph {role}: {reason}"))
+        }
+        other => other,
+    })?;
+    let entry = set.entry(role)?;
+    check_io(role, "input", &entry.inputs, &graph.io().inputs).map_err(|r| set.error(r))?;
+    check_io(role, "output", &entry.outputs, &graph.io().outputs).map_err(|r| set.error(r))?;
+    Ok(graph)
+}
+
+/// Checks that named inputs cover a graph's declared inputs with the right dtypes and ranks.
+pub fn check_run_inputs(role: Role, io: &GraphIo, inputs: &[(&str, &Value)]) -> Result<()> {
+    for spec in &io.inputs {
+        let Some((_, value)) = inputs.iter().find(|(n, _)| *n == spec.name) else {
+            return Err(Error::graph(
+                role.name(),
+                format!("input {} was not given", spec.name),
+            ));
+        };
+        if value.dtype() != spec.dtype || !spec.accepts_shape(value.shape()) {
+            return Err(Error::graph(
+                role.name(),
+                format!(
+                    "input {} is {} {:?}, the graph takes {} {}",
+                    spec.name,
+                    value.dtype(),
+                    value.shape(),
+                    spec.dtype,
+                    spec.shape_string()
+                ),
+            ));
+        }
+    }
+    if let Some((extra, _)) = inputs
+        .iter()
+        .find(|(n, _)| !io.inputs.iter().any(|s| s.name == *n))
+    {
+        return Err(Error::graph(
+            role.name(),
+            format!("the graph has no input named {extra}"),
+        ));
+    }
+    Ok(())
+}

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 mod validate;
 
 #[derive(Parser)]
-#[command(name = "idpatch", version, about = "ID-Patch group photos from precompiled ONNX graphs")]
+#[command(
+    name = "idpatch",
+    version,
+    about = "ID-Patch group photos from precompiled ONNX graphs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,0 +1,264 @@
+//! The pure-Rust CPU backend. tract optimises a graph for concrete input shapes, so each graph
+//! keeps one optimised plan per distinct set of input shapes it has been run with (a pipeline
+//! sees at most a handful: the two sequence lengths of the ID injection schedule).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::pb;
+use tract_onnx::pb::tensor_shape_proto::dimension;
+use tract_onnx::prelude::{
+    self as tp, DatumType, Framework, InferenceFact, InferenceModelExt, IntoTensor, TValue,
+    TypedRunnableModel,
+};
+
+use super::{check_run_inputs, Backend, Graph, GraphIo, Value};
+use crate::manifest::{Dim, Role, TensorSpec};
+use crate::tensor::{DType, Tensor, TensorData};
+use crate::{Error, Result};
+
+#[derive(Debug, Default, Clone)]
+pub struct TractBackend;
+
+impl TractBackend {
+    pub fn new() -> Self {
+        TractBackend
+    }
+}
+
+impl Backend for TractBackend {
+    fn name(&self) -> String {
+        "tract".into()
+    }
+
+    fn load(&self, role: Role, path: &Path) -> Result<Box<dyn Graph>> {
+        let onnx = tract_onnx::onnx();
+        let proto = onnx.proto_model_for_path(path).map_err(|e| {
+            Error::model_set(
+                path.display().to_string(),
+                format!(
+                    "graph {role}: cannot parse ONNX file {}: {e:#}",
+                    path.display()
+                ),
+            )
+        })?;
+        let io = declared_io(&proto).map_err(|r| {
+            Error::model_set(path.display().to_string(), format!("graph {role}: {r}"))
+        })?;
+        let dir = path.parent().and_then(|p| p.to_str());
+        let model = onnx.parse(&proto, dir).map_err(|e| {
+            Error::model_set(
+                path.display().to_string(),
+                format!("graph {role}: tract cannot load it: {e:#}"),
+            )
+        })?;
+        if !model.unresolved_inputs.is_empty() {
+            return Err(Error::model_set(
+                path.display().to_string(),
+                format!(
+                    "graph {role}: unresolved inputs {:?}",
+                    model.unresolved_inputs
+                ),
+            ));
+        }
+        let model = model.model;
+        // tract's input order is the graph's input order without initializers.
+        let input_order = model
+            .input_outlets()
+            .map_err(|e| Error::graph(role.name(), format!("{e:#}")))?
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        Ok(Box::new(TractGraph {
+            role,
+            io,
+            model,
+            input_order,
+            plans: HashMap::new(),
+        }))
+    }
+}
+
+struct TractGraph {
+    role: Role,
+    io: GraphIo,
+    model: tp::InferenceModel,
+    input_order: Vec<String>,
+    plans: HashMap<Vec<Vec<usize>>, Arc<TypedRunnableModel>>,
+}
+
+impl TractGraph {
+    fn plan_for(
+        &mut self,
+        shapes: Vec<Vec<usize>>,
+        dtypes: &[DType],
+    ) -> Result<Arc<TypedRunnableModel>> {
+        if let Some(plan) = self.plans.get(&shapes) {
+            return Ok(plan.clone());
+        }
+        let role = self.role;
+        let fail = |e: tp::TractError| Error::graph(role.name(), format!("tract: {e:#}"));
+        let mut model = self.model.clone();
+        for (i, (shape, dtype)) in shapes.iter().zip(dtypes).enumerate() {
+            let fact = InferenceFact::dt_shape(datum_type(*dtype), shape.clone());
+            model.set_input_fact(i, fact).map_err(fail)?;
+        }
+        let plan = model
+            .into_optimized()
+            .map_err(fail)?
+            .into_runnable()
+            .map_err(fail)?;
+        self.plans.insert(shapes, plan.clone());
+        Ok(plan)
+    }
+}
+
+impl Graph for TractGraph {
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    fn io(&self) -> &GraphIo {
+        &self.io
+    }
+
+    fn run(&mut self, inputs: &[(&str, &Value)]) -> Result<Vec<Value>> {
+        check_run_inputs(self.role, &self.io, inputs)?;
+        let mut ordered = Vec::with_capacity(self.input_order.len());
+        for name in &self.input_order {
+            match inputs.iter().find(|(n, _)| n == name) {
+                Some((_, Value::Host(t))) => ordered.push(t),
+                Some((_, Value::Device(d))) => {
+                    return Err(Error::graph(
+                        self.role.name(),
+                        format!("input {name} is a device tensor {d:?}; tract runs on the host"),
+                    ))
+                }
+                None => {
+                    return Err(Error::graph(
+                        self.role.name(),
+                        format!("input {name} was not given"),
+                    ))
+                }
+            }
+        }
+        let shapes = ordered.iter().map(|t| t.shape().to_vec()).collect();
+        let dtypes: Vec<DType> = ordered.iter().map(|t| t.dtype()).collect();
+        let plan = self.plan_for(shapes, &dtypes)?;
+        let role = self.role;
+        let fail = |e: tp::TractError| Error::graph(role.name(), format!("tract: {e:#}"));
+        let tract_inputs: tp::TVec<TValue> = ordered
+            .iter()
+            .map(|t| to_tract(t).map(TValue::from))
+            .collect::<tp::TractResult<_>>()
+            .map_err(fail)?;
+        let outputs = plan.run(tract_inputs).map_err(fail)?;
+        outputs
+            .into_iter()
+            .map(|v| from_tract(&v).map(Value::Host).map_err(fail))
+            .collect()
+    }
+}
+
+fn datum_type(dtype: DType) -> DatumType {
+    match dtype {
+        DType::Float32 => DatumType::F32,
+        DType::Float16 => DatumType::F16,
+        DType::Int64 => DatumType::I64,
+        DType::Int32 => DatumType::I32,
+    }
+}
+
+fn to_tract(t: &Tensor) -> tp::TractResult<tp::Tensor> {
+    let shape = t.shape();
+    Ok(match t.data() {
+        TensorData::F32(v) => {
+            tp::tract_ndarray::ArrayD::from_shape_vec(shape, v.clone())?.into_tensor()
+        }
+        TensorData::F16(v) => {
+            let v: Vec<tp::f16> = v.iter().map(|x| tp::f16::from_bits(x.to_bits())).collect();
+            tp::tract_ndarray::ArrayD::from_shape_vec(shape, v)?.into_tensor()
+        }
+        TensorData::I64(v) => {
+            tp::tract_ndarray::ArrayD::from_shape_vec(shape, v.clone())?.into_tensor()
+        }
+        TensorData::I32(v) => {
+            tp::tract_ndarray::ArrayD::from_shape_vec(shape, v.clone())?.into_tensor()
+        }
+    })
+}
+
+fn from_tract(v: &tp::Tensor) -> tp::TractResult<Tensor> {
+    let shape = v.shape().to_vec();
+    let data = match v.datum_type() {
+        DatumType::F32 => TensorData::F32(v.as_slice::<f32>()?.to_vec()),
+        DatumType::F16 => TensorData::F16(
+            v.as_slice::<tp::f16>()?
+                .iter()
+                .map(|x| half::f16::from_bits(x.to_bits()))
+                .collect(),
+        ),
+        DatumType::I64 => TensorData::I64(v.as_slice::<i64>()?.to_vec()),
+        DatumType::I32 => TensorData::I32(v.as_slice::<i32>()?.to_vec()),
+        other => tp::bail!("unsupported output type {other:?}"),
+    };
+    Tensor::new(shape, data).map_err(|e| tp::format_err!("{e}"))
+}
+
+/// The graph's declared inputs (initializers excluded) and outputs.
+fn declared_io(proto: &pb::ModelProto) -> std::result::Result<GraphIo, String> {
+    let graph = proto.graph.as_ref().ok_or("the file holds no graph")?;
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs = graph
+        .input
+        .iter()
+        .filter(|i| !initializers.contains(i.name.as_str()))
+        .map(value_info_spec)
+        .collect::<std::result::Result<_, _>>()?;
+    let outputs = graph
+        .output
+        .iter()
+        .map(value_info_spec)
+        .collect::<std::result::Result<_, _>>()?;
+    Ok(GraphIo { inputs, outputs })
+}
+
+fn value_info_spec(info: &pb::ValueInfoProto) -> std::result::Result<TensorSpec, String> {
+    let tensor = match info.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(pb::type_proto::Value::TensorType(t)) => t,
+        _ => return Err(format!("{} is not a tensor", info.name)),
+    };
+    // ONNX TensorProto.DataType codes.
+    let dtype = match tensor.elem_type {
+        1 => DType::Float32,
+        10 => DType::Float16,
+        7 => DType::Int64,
+        6 => DType::Int32,
+        other => {
+            return Err(format!(
+                "{} has unsupported element type {other}",
+                info.name
+            ))
+        }
+    };
+    let shape = tensor
+        .shape
+        .as_ref()
+        .ok_or_else(|| format!("{} has no declared shape", info.name))?
+        .dim
+        .iter()
+        .enumerate()
+        .map(|(axis, d)| match &d.value {
+            Some(dimension::Value::DimValue(n)) if *n >= 0 => Dim::Fixed(*n as usize),
+            Some(dimension::Value::DimParam(s)) => Dim::Symbol(s.clone()),
+            _ => Dim::Symbol(format!("{}_dim{axis}", info.name)),
+        })
+        .collect();
+    Ok(TensorSpec {
+        name: info.name.clone(),
+        dtype,
+        shape,
+    })
+}
