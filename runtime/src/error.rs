@@ -30,19 +30,31 @@ pub enum Error {
 
 impl Error {
     pub fn invalid_input(input: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::InvalidInput { input: input.into(), reason: reason.into() }
+        Error::InvalidInput {
+            input: input.into(),
+            reason: reason.into(),
+        }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn model_set(set: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::ModelSet { set: set.into(), reason: reason.into() }
+        Error::ModelSet {
+            set: set.into(),
+            reason: reason.into(),
+        }
     }
 
     pub fn graph(graph: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Graph { graph: graph.into(), reason: reason.into() }
+        Error::Graph {
+            graph: graph.into(),
+            reason: reason.into(),
+        }
     }
 
     /// Process exit status for this error: 2 for usage and input errors, 1 otherwise.

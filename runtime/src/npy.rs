@@ -13,7 +13,10 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 pub fn read(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse(&bytes).map_err(|reason| {
-        Error::invalid_input(path.display().to_string(), format!("not a readable .npy file: {reason}"))
+        Error::invalid_input(
+            path.display().to_string(),
+            format!("not a readable .npy file: {reason}"),
+        )
     })
 }
 
@@ -28,7 +31,10 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Tensor, String> {
             if bytes.len() < 12 {
                 return Err("truncated header".into());
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => return Err(format!("unsupported format version {v}")),
     };
@@ -48,23 +54,44 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<Tensor, String> {
     let body = &bytes[header_end..];
     let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
     let need = |size: usize| -> std::result::Result<&[u8], String> {
-        body.get(..n * size)
-            .ok_or_else(|| format!("data truncated: need {} bytes, have {}", n * size, body.len()))
+        body.get(..n * size).ok_or_else(|| {
+            format!(
+                "data truncated: need {} bytes, have {}",
+                n * size,
+                body.len()
+            )
+        })
     };
     let data = match descr {
         "<f4" => TensorData::F32(
-            need(4)?.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+            need(4)?
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
         ),
         "<f2" => TensorData::F16(
-            need(2)?.chunks_exact(2).map(|c| f16::from_le_bytes(c.try_into().unwrap())).collect(),
+            need(2)?
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
         ),
         "<i8" => TensorData::I64(
-            need(8)?.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+            need(8)?
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
         ),
         "<i4" => TensorData::I32(
-            need(4)?.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect(),
+            need(4)?
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
         ),
-        other => return Err(format!("unsupported dtype {other} (float32, float16, int64, int32)")),
+        other => {
+            return Err(format!(
+                "unsupported dtype {other} (float32, float16, int64, int32)"
+            ))
+        }
     };
     Tensor::new(shape, data).map_err(|e| e.to_string())
 }
@@ -88,7 +115,10 @@ fn parse_shape(text: &str) -> std::result::Result<Vec<usize>, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape entry {s:?}")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad shape entry {s:?}"))
+        })
         .collect()
 }
 
@@ -101,7 +131,13 @@ pub fn to_bytes(tensor: &Tensor) -> Vec<u8> {
     };
     let shape = match tensor.shape() {
         [d] => format!("({d},)"),
-        dims => format!("({})", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        dims => format!(
+            "({})",
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     // Pad so that the data starts on a 64-byte boundary, newline-terminated, as NumPy does.
@@ -114,10 +150,18 @@ pub fn to_bytes(tensor: &Tensor) -> Vec<u8> {
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     match tensor.data() {
-        TensorData::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        TensorData::F16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        TensorData::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        TensorData::I32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::F32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::F16(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::I64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::I32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
     }
     out
 }
@@ -136,7 +180,11 @@ mod tests {
         let tensors = [
             Tensor::from_f32(vec![2, 3], vec![0.5, -1.0, 2.0, 3.25, 1e-8, f32::MAX]).unwrap(),
             Tensor::from_i64(vec![3], vec![49406, -1, 0]).unwrap(),
-            Tensor::new(vec![1, 2], TensorData::F16(vec![f16::from_f32(0.1), f16::ONE])).unwrap(),
+            Tensor::new(
+                vec![1, 2],
+                TensorData::F16(vec![f16::from_f32(0.1), f16::ONE]),
+            )
+            .unwrap(),
             Tensor::new(vec![0], TensorData::I32(vec![])).unwrap(),
         ];
         for t in tensors {

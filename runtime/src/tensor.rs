@@ -144,11 +144,21 @@ impl Tensor {
                 TensorData::I64(v.into_iter().map(i64::from).collect())
             }
             (data, to) => {
-                let from = Tensor { shape: vec![], data: data.clone() }.dtype();
-                return Err(Error::invalid_input("tensor", format!("cannot cast {from} to {to}")));
+                let from = Tensor {
+                    shape: vec![],
+                    data: data.clone(),
+                }
+                .dtype();
+                return Err(Error::invalid_input(
+                    "tensor",
+                    format!("cannot cast {from} to {to}"),
+                ));
             }
         };
-        Ok(Tensor { shape: self.shape, data })
+        Ok(Tensor {
+            shape: self.shape,
+            data,
+        })
     }
 
     /// Index of the first NaN or infinite value, if any.

@@ -5,10 +5,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod schedule;
 mod validate;
 
 #[derive(Parser)]
-#[command(name = "idpatch", version, about = "ID-Patch group photos from precompiled ONNX graphs")]
+#[command(
+    name = "idpatch",
+    version,
+    about = "ID-Patch group photos from precompiled ONNX graphs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run every graph of a set on its golden inputs and compare with the PyTorch outputs.
     Validate(validate::Args),
+    /// Print a scheduler's timesteps, sigmas and initial noise scale for a step count.
+    Schedule(schedule::Args),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +37,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
+        Command::Schedule(args) => schedule::run(args),
     };
     match result {
         Ok(code) => code,
