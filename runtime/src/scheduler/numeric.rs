@@ -1,6 +1,6 @@
 //! The array arithmetic diffusers builds its schedules with (torch float32 tensors and numpy
-//! float64 arrays), reproduced operation by operation so that timesteps match exactly and
-//! sigmas to the last float32 bit.
+//! float64 arrays), reproduced operation by operation. Square roots and logs here are correctly
+//! rounded; torch's and numpy's float32 ones are not always, hence one-ulp differences.
 
 use super::config::{BetaSchedule, SchedulerConfig};
 
