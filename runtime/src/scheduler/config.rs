@@ -246,7 +246,7 @@ impl SchedulerConfig {
                 config.set_alpha_to_one = keys.boolean("set_alpha_to_one")?.unwrap_or(true);
                 config.clip_sample = keys.boolean("clip_sample")?.unwrap_or(true);
                 config.clip_sample_range = keys.number("clip_sample_range")?.unwrap_or(1.0);
-                if !(config.clip_sample_range > 0.0) {
+                if config.clip_sample_range.is_nan() || config.clip_sample_range <= 0.0 {
                     return Err(keys.error("clip_sample_range", "must be a positive number"));
                 }
                 keys.require_false("thresholding")?;
