@@ -8,6 +8,7 @@ pub mod error;
 pub mod fsutil;
 pub mod manifest;
 pub mod npy;
+pub mod scheduler;
 pub mod tensor;
 pub mod validate;
 

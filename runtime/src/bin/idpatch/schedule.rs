@@ -1,0 +1,78 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use idpatch::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Scheduler: euler, euler-a, ddim or dpmpp-2m (default: the config's `_class_name`, else
+    /// euler).
+    #[arg(long, value_parser = parse_kind)]
+    scheduler: Option<SchedulerKind>,
+
+    /// Number of inference steps.
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+
+    /// A diffusers scheduler_config.json (default: the SDXL base configuration).
+    #[arg(long)]
+    config: Option<PathBuf>,
+
+    /// Print one JSON object with `timesteps`, `sigmas` (null for DDIM) and `init_noise_sigma`.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_kind(name: &str) -> Result<SchedulerKind, String> {
+    name.parse().map_err(|e: idpatch::Error| e.to_string())
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = match &args.config {
+        Some(path) => SchedulerConfig::from_file(path, args.scheduler)?,
+        None => SchedulerConfig::sdxl(args.scheduler),
+    };
+    let mut scheduler = Scheduler::new(config);
+    scheduler.set_timesteps(args.steps)?;
+    // Integral timesteps (all but Euler's Karras ones) print as integers.
+    let timesteps: Vec<serde_json::Value> = scheduler
+        .timesteps()
+        .iter()
+        .map(|&t| {
+            if t.fract() == 0.0 {
+                serde_json::Value::from(t as i64)
+            } else {
+                serde_json::Value::from(t as f32)
+            }
+        })
+        .collect();
+    if args.json {
+        let object = serde_json::json!({
+            "scheduler": scheduler.kind().name(),
+            "timesteps": timesteps,
+            "sigmas": scheduler.sigmas(),
+            "init_noise_sigma": scheduler.init_noise_sigma(),
+        });
+        println!("{object}");
+    } else {
+        let join = |values: Vec<String>| values.join(" ");
+        println!(
+            "scheduler: {} ({})",
+            scheduler.kind(),
+            scheduler.kind().class_name()
+        );
+        println!("steps: {}", scheduler.len());
+        println!("init_noise_sigma: {}", scheduler.init_noise_sigma());
+        println!(
+            "timesteps: {}",
+            join(timesteps.iter().map(|t| t.to_string()).collect())
+        );
+        if let Some(sigmas) = scheduler.sigmas() {
+            println!(
+                "sigmas: {}",
+                join(sigmas.iter().map(|s| s.to_string()).collect())
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

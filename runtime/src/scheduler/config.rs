@@ -1,0 +1,463 @@
+//! `scheduler_config.json` as diffusers writes it, reduced to the options this runtime honours.
+//!
+//! Each scheduler class reads its own subset of keys and has its own defaults (diffusers'
+//! `from_config`): a key the chosen class does not read is ignored, whatever its value, and a
+//! value outside what is supported here is an error naming the key.
+
+use std::str::FromStr;
+
+use serde_json::{Map, Value};
+
+use super::SchedulerKind;
+use crate::{Error, Result};
+
+/// The `scheduler/scheduler_config.json` of stabilityai/stable-diffusion-xl-base-1.0, the
+/// configuration ID-Patch runs with.
+pub const SDXL_BASE_CONFIG: &str = r#"{
+  "_class_name": "EulerDiscreteScheduler",
+  "beta_end": 0.012,
+  "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085,
+  "clip_sample": false,
+  "interpolation_type": "linear",
+  "num_train_timesteps": 1000,
+  "prediction_type": "epsilon",
+  "sample_max_value": 1.0,
+  "set_alpha_to_one": false,
+  "skip_prk_steps": true,
+  "steps_offset": 1,
+  "timestep_spacing": "leading",
+  "trained_betas": null,
+  "use_karras_sigmas": false
+}"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BetaSchedule {
+    Linear,
+    ScaledLinear,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimestepSpacing {
+    Leading,
+    Trailing,
+    Linspace,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PredictionType {
+    Epsilon,
+    VPrediction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinalSigmas {
+    Zero,
+    SigmaMin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SolverType {
+    Midpoint,
+    Heun,
+}
+
+/// A resolved scheduler configuration: every field holds the value diffusers would use for
+/// [`SchedulerConfig::kind`], whether it came from the file or from that class's default.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedulerConfig {
+    pub kind: SchedulerKind,
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: BetaSchedule,
+    pub timestep_spacing: TimestepSpacing,
+    pub steps_offset: i64,
+    pub prediction_type: PredictionType,
+    /// Euler and DPM-Solver only.
+    pub use_karras_sigmas: bool,
+    /// Euler and DPM-Solver only.
+    pub final_sigmas_type: FinalSigmas,
+    /// DDIM only.
+    pub set_alpha_to_one: bool,
+    /// DDIM only.
+    pub clip_sample: bool,
+    /// DDIM only.
+    pub clip_sample_range: f64,
+    /// DPM-Solver only: 1, 2 or 3.
+    pub solver_order: usize,
+    /// DPM-Solver only.
+    pub solver_type: SolverType,
+    /// DPM-Solver only.
+    pub lower_order_final: bool,
+    /// DPM-Solver only.
+    pub euler_at_final: bool,
+}
+
+impl Default for SchedulerConfig {
+    /// The SDXL base configuration with its own class (Euler discrete).
+    fn default() -> Self {
+        SchedulerConfig::from_json_str(SDXL_BASE_CONFIG, None, "built-in SDXL scheduler config")
+            .expect("the built-in SDXL scheduler config is valid")
+    }
+}
+
+impl SchedulerConfig {
+    /// The SDXL base configuration, read as `kind` when given (like diffusers'
+    /// `<Class>.from_config(sdxl_config)`).
+    pub fn sdxl(kind: Option<SchedulerKind>) -> Self {
+        SchedulerConfig::from_json_str(SDXL_BASE_CONFIG, kind, "built-in SDXL scheduler config")
+            .expect("the built-in SDXL scheduler config is valid for every scheduler kind")
+    }
+
+    /// Reads a diffusers scheduler config file; `kind` overrides its `_class_name`.
+    pub fn from_file(path: &std::path::Path, kind: Option<SchedulerKind>) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        SchedulerConfig::from_json_str(&text, kind, &name)
+    }
+
+    /// Parses config JSON text. `source` names the file in error messages; `kind` overrides the
+    /// file's `_class_name` (a missing `_class_name` means Euler discrete).
+    pub fn from_json_str(text: &str, kind: Option<SchedulerKind>, source: &str) -> Result<Self> {
+        let value: Value = serde_json::from_str(&quote_non_finite_literals(text))
+            .map_err(|e| Error::invalid_input(source, format!("not valid JSON: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(Error::invalid_input(source, "must be a JSON object"));
+        };
+        SchedulerConfig::from_map(&map, kind, source)
+    }
+
+    /// Builds a configuration from an already parsed JSON object.
+    pub fn from_map(
+        map: &Map<String, Value>,
+        kind: Option<SchedulerKind>,
+        source: &str,
+    ) -> Result<Self> {
+        let keys = Keys { map, source };
+        let kind = match kind {
+            Some(kind) => kind,
+            None => match keys.string("_class_name")? {
+                None => SchedulerKind::Euler,
+                Some(name) => SchedulerKind::from_class_name(&name).ok_or_else(|| {
+                    keys.error(
+                        "_class_name",
+                        format!(
+                            "unsupported scheduler class {name:?} (expected one of {})",
+                            SchedulerKind::ALL
+                                .iter()
+                                .map(|k| k.class_name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })?,
+            },
+        };
+        use SchedulerKind::*;
+        let sigma_schedule = matches!(kind, Euler | DpmSolverMultistep);
+
+        let num_train_timesteps = keys.unsigned("num_train_timesteps")?.unwrap_or(1000);
+        if num_train_timesteps < 2 {
+            return Err(keys.error("num_train_timesteps", "must be at least 2"));
+        }
+        let beta_start = keys.beta("beta_start")?.unwrap_or(0.0001);
+        let beta_end = keys.beta("beta_end")?.unwrap_or(0.02);
+        if keys.present("trained_betas") {
+            return Err(keys.error("trained_betas", "explicit betas are not supported"));
+        }
+        keys.require_false("rescale_betas_zero_snr")?;
+        let default_spacing = if kind == Ddim { "leading" } else { "linspace" };
+        let timestep_spacing = keys.string("timestep_spacing")?;
+        let timestep_spacing = match timestep_spacing.as_deref().unwrap_or(default_spacing) {
+            "leading" => TimestepSpacing::Leading,
+            "trailing" => TimestepSpacing::Trailing,
+            "linspace" => TimestepSpacing::Linspace,
+            other => {
+                return Err(keys.error(
+                    "timestep_spacing",
+                    format!("{other:?} is not one of leading, trailing, linspace"),
+                ))
+            }
+        };
+
+        let mut config = SchedulerConfig {
+            kind,
+            num_train_timesteps,
+            beta_start,
+            beta_end,
+            beta_schedule: keys.choice(
+                "beta_schedule",
+                &[
+                    ("linear", BetaSchedule::Linear),
+                    ("scaled_linear", BetaSchedule::ScaledLinear),
+                ],
+                BetaSchedule::Linear,
+            )?,
+            timestep_spacing,
+            steps_offset: keys.integer("steps_offset")?.unwrap_or(0),
+            prediction_type: keys.choice(
+                "prediction_type",
+                &[
+                    ("epsilon", PredictionType::Epsilon),
+                    ("v_prediction", PredictionType::VPrediction),
+                ],
+                PredictionType::Epsilon,
+            )?,
+            use_karras_sigmas: false,
+            final_sigmas_type: FinalSigmas::Zero,
+            set_alpha_to_one: true,
+            clip_sample: true,
+            clip_sample_range: 1.0,
+            solver_order: 2,
+            solver_type: SolverType::Midpoint,
+            lower_order_final: true,
+            euler_at_final: false,
+        };
+
+        if sigma_schedule {
+            config.use_karras_sigmas = keys.boolean("use_karras_sigmas")?.unwrap_or(false);
+            keys.require_false("use_exponential_sigmas")?;
+            keys.require_false("use_beta_sigmas")?;
+            config.final_sigmas_type = keys.choice(
+                "final_sigmas_type",
+                &[
+                    ("zero", FinalSigmas::Zero),
+                    ("sigma_min", FinalSigmas::SigmaMin),
+                ],
+                FinalSigmas::Zero,
+            )?;
+        }
+        match kind {
+            Euler => {
+                keys.choice("interpolation_type", &[("linear", ())], ())?;
+                keys.choice("timestep_type", &[("discrete", ())], ())?;
+                for key in ["sigma_min", "sigma_max"] {
+                    if keys.present(key) {
+                        return Err(keys.error(key, "explicit sigma bounds are not supported"));
+                    }
+                }
+            }
+            EulerAncestral => {}
+            Ddim => {
+                config.set_alpha_to_one = keys.boolean("set_alpha_to_one")?.unwrap_or(true);
+                config.clip_sample = keys.boolean("clip_sample")?.unwrap_or(true);
+                config.clip_sample_range = keys.number("clip_sample_range")?.unwrap_or(1.0);
+                if config.clip_sample_range.is_nan() || config.clip_sample_range <= 0.0 {
+                    return Err(keys.error("clip_sample_range", "must be a positive number"));
+                }
+                keys.require_false("thresholding")?;
+            }
+            DpmSolverMultistep => {
+                keys.require_false("thresholding")?;
+                keys.require_false("use_lu_lambdas")?;
+                keys.require_false("use_flow_sigmas")?;
+                keys.require_false("use_dynamic_shifting")?;
+                config.solver_order = keys.unsigned("solver_order")?.unwrap_or(2);
+                if !(1..=3).contains(&config.solver_order) {
+                    return Err(keys.error("solver_order", "must be 1, 2 or 3"));
+                }
+                // diffusers maps the names of other solver families onto dpmsolver++ / midpoint.
+                keys.choice("algorithm_type", &[("dpmsolver++", ()), ("deis", ())], ())?;
+                config.solver_type = keys.choice(
+                    "solver_type",
+                    &[
+                        ("midpoint", SolverType::Midpoint),
+                        ("heun", SolverType::Heun),
+                        ("logrho", SolverType::Midpoint),
+                        ("bh1", SolverType::Midpoint),
+                        ("bh2", SolverType::Midpoint),
+                    ],
+                    SolverType::Midpoint,
+                )?;
+                config.lower_order_final = keys.boolean("lower_order_final")?.unwrap_or(true);
+                config.euler_at_final = keys.boolean("euler_at_final")?.unwrap_or(false);
+                if let Some(v) = keys.number("lambda_min_clipped")? {
+                    if v != f64::NEG_INFINITY {
+                        return Err(keys.error("lambda_min_clipped", "only -Infinity is supported"));
+                    }
+                }
+                if keys.present("variance_type") {
+                    return Err(keys.error("variance_type", "learned variances are not supported"));
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+impl FromStr for SchedulerConfig {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        SchedulerConfig::from_json_str(text, None, "scheduler_config.json")
+    }
+}
+
+/// Typed access to the config object with errors that name `<file> <key>`.
+struct Keys<'a> {
+    map: &'a Map<String, Value>,
+    source: &'a str,
+}
+
+impl Keys<'_> {
+    fn error(&self, key: &str, reason: impl Into<String>) -> Error {
+        Error::invalid_input(format!("{} {key}", self.source), reason)
+    }
+
+    /// A key counts as absent when it is missing or null (diffusers writes nulls for unset options).
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn present(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(self.error(key, format!("expected a string, found {other}"))),
+        }
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.error(key, format!("expected true or false, found {other}"))),
+        }
+    }
+
+    fn require_false(&self, key: &str) -> Result<()> {
+        if self.boolean(key)? == Some(true) {
+            return Err(self.error(key, "only false is supported"));
+        }
+        Ok(())
+    }
+
+    /// A number; the non-finite literals Python's json writes arrive here as strings.
+    fn number(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => Ok(n.as_f64()),
+            Some(Value::String(s)) if s == NON_FINITE[0].1 => Ok(Some(f64::NEG_INFINITY)),
+            Some(Value::String(s)) if s == NON_FINITE[1].1 => Ok(Some(f64::INFINITY)),
+            Some(Value::String(s)) if s == NON_FINITE[2].1 => Ok(Some(f64::NAN)),
+            Some(other) => Err(self.error(key, format!("expected a number, found {other}"))),
+        }
+    }
+
+    fn beta(&self, key: &str) -> Result<Option<f64>> {
+        let value = self.number(key)?;
+        if let Some(v) = value {
+            if !(0.0..1.0).contains(&v) {
+                return Err(self.error(key, format!("{v} is not in [0, 1)")));
+            }
+        }
+        Ok(value)
+    }
+
+    fn integer(&self, key: &str) -> Result<Option<i64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(i) => Ok(Some(i)),
+                None => Err(self.error(key, format!("expected an integer, found {n}"))),
+            },
+            Some(other) => Err(self.error(key, format!("expected an integer, found {other}"))),
+        }
+    }
+
+    fn unsigned(&self, key: &str) -> Result<Option<usize>> {
+        match self.integer(key)? {
+            None => Ok(None),
+            Some(i) => usize::try_from(i)
+                .map(Some)
+                .map_err(|_| self.error(key, format!("{i} is negative"))),
+        }
+    }
+
+    fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)], default: T) -> Result<T> {
+        let Some(name) = self.string(key)? else {
+            return Ok(default);
+        };
+        options
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| *v)
+            .ok_or_else(|| {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                self.error(
+                    key,
+                    format!(
+                        "{name:?} is not supported (expected one of {})",
+                        names.join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+/// Python's json module writes non-finite floats as bare `-Infinity`, `Infinity` and `NaN`
+/// (diffusers does for `lambda_min_clipped`); they are turned into these strings before parsing.
+const NON_FINITE: [(&str, &str); 3] = [
+    ("-Infinity", "-Infinity"),
+    ("Infinity", "Infinity"),
+    ("NaN", "NaN"),
+];
+
+fn quote_non_finite_literals(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut rest = text;
+    let mut in_string = false;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+            if c == '\\' {
+                if let Some(escaped) = rest.chars().next() {
+                    out.push(escaped);
+                    rest = &rest[escaped.len_utf8()..];
+                }
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        if c == '"' {
+            in_string = true;
+        } else if let Some((literal, quoted)) = NON_FINITE
+            .iter()
+            .find(|(literal, _)| rest.starts_with(literal))
+        {
+            out.push('"');
+            out.push_str(quoted);
+            out.push('"');
+            rest = &rest[literal.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_literals_outside_strings_are_quoted() {
+        let text = r#"{"a": -Infinity, "b": "NaN -Infinity", "c": [NaN, Infinity]}"#;
+        let value: Value = serde_json::from_str(&quote_non_finite_literals(text)).unwrap();
+        assert_eq!(value["a"], "-Infinity");
+        assert_eq!(value["b"], "NaN -Infinity");
+        assert_eq!(value["c"][0], "NaN");
+        assert_eq!(value["c"][1], "Infinity");
+    }
+}
