@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod manifest;
 pub mod npy;
 pub mod tensor;
+pub mod tokenizer;
 pub mod validate;
 
 pub use error::{Error, Result};
