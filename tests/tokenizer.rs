@@ -230,3 +230,102 @@ fn pad_id_outside_the_vocabulary_is_rejected() {
         }
     }
 }
+
+fn run_cli(models: &Path, prompt: &str) -> (Value, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_idpatch"))
+        .args(["tokenize", "--json", "--models"])
+        .arg(models)
+        .arg(prompt)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(output.status.success(), "{stderr}");
+    (serde_json::from_slice(&output.stdout).unwrap(), stderr)
+}
+
+/// Checks the CLI's JSON for a few reference prompts, a truncated one included.
+fn check_cli(models: &Path) {
+    let reference = reference();
+    let prompts = reference["prompts"].as_array().unwrap();
+    let chosen = [
+        "hello! world!!",
+        "it's a dog's life",
+        "",
+        "\u{5bcc}\u{58eb}\u{5c71}\u{306e}\u{5199}\u{771f}",
+    ];
+    let mut entries: Vec<&Value> = prompts
+        .iter()
+        .filter(|e| chosen.contains(&e["prompt"].as_str().unwrap()))
+        .collect();
+    entries.push(
+        prompts
+            .iter()
+            .find(|e| e["truncated"].as_bool().unwrap())
+            .unwrap(),
+    );
+    assert_eq!(entries.len(), chosen.len() + 1);
+    for entry in entries {
+        let prompt = entry["prompt"].as_str().unwrap();
+        let (json, stderr) = run_cli(models, prompt);
+        assert_eq!(json.as_object().unwrap().len(), 2);
+        assert_eq!(
+            ids(&json["tokenizer"]),
+            ids(&entry["tokenizer"]),
+            "{prompt:?}"
+        );
+        assert_eq!(
+            ids(&json["tokenizer_2"]),
+            ids(&entry["tokenizer_2"]),
+            "{prompt:?}"
+        );
+        let truncated = entry["truncated"].as_bool().unwrap();
+        assert_eq!(
+            stderr.contains("warning: tokenizer:"),
+            truncated,
+            "{prompt:?}: {stderr}"
+        );
+    }
+}
+
+// Expected: reference.json (transformers CLIPTokenizer, both configurations), via the default
+// graph set's tokenizer files.
+#[test]
+fn cli_json_matches_reference() {
+    check_cli(&root().join("models/tiny"));
+}
+
+// Expected: reference.json; the tokenizer files and pad ids come from a manifest's `tokenizers`
+// section (pad ids deliberately listed there, not defaulted).
+#[test]
+fn cli_reads_tokenizers_from_manifest() {
+    let models = scratch("manifest-set");
+    std::fs::create_dir_all(&models).unwrap();
+    let manifest = serde_json::json!({
+        "format": 1,
+        "tokenizers": {
+            "tokenizer": { "vocab": vocab_path(), "merges": merges_path(), "pad_token_id": 49407 },
+            "tokenizer_2": { "vocab": vocab_path(), "merges": merges_path(), "pad_token_id": 0 },
+        }
+    });
+    std::fs::write(models.join("manifest.json"), manifest.to_string()).unwrap();
+    check_cli(&models);
+
+    // A manifest naming a missing file is an error (exit 2), not a silent fallback.
+    let broken = scratch("broken-set");
+    std::fs::create_dir_all(&broken).unwrap();
+    let manifest = serde_json::json!({
+        "tokenizers": {
+            "tokenizer": { "vocab": "nope/vocab.json", "merges": merges_path(), "pad_token_id": 49407 },
+            "tokenizer_2": { "vocab": vocab_path(), "merges": merges_path(), "pad_token_id": 0 },
+        }
+    });
+    std::fs::write(broken.join("manifest.json"), manifest.to_string()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_idpatch"))
+        .args(["tokenize", "--models"])
+        .arg(&broken)
+        .arg("a cat")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nope/vocab.json"));
+}
