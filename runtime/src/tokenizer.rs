@@ -40,7 +40,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use regex::Regex;
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{IsNormalized, UnicodeNormalization};
 
 use crate::{Error, Result};
 
@@ -251,10 +251,7 @@ impl ClipTokenizer {
         if segment.is_empty() {
             return;
         }
-        let normalized: String = segment
-            .nfc()
-            .flat_map(char::to_lowercase)
-            .collect::<String>();
+        let normalized = normalize(segment);
         let mut cache = self.lock_cache();
         for piece in self.pieces.find_iter(&normalized) {
             if out.len() >= limit {
@@ -338,6 +335,24 @@ impl ClipTokenizer {
             i = next[i];
         }
         out
+    }
+}
+
+/// NFC, then lower-casing character by character (as the reference does: no final-sigma rule,
+/// unlike `str::to_lowercase`). ASCII text, the usual prompt, is already NFC.
+fn normalize(segment: &str) -> String {
+    if segment.is_ascii() {
+        return segment.to_ascii_lowercase();
+    }
+    let lower = |text: &str| {
+        text.chars()
+            .flat_map(char::to_lowercase)
+            .collect::<String>()
+    };
+    if unicode_normalization::is_nfc_quick(segment.chars()) == IsNormalized::Yes {
+        lower(segment)
+    } else {
+        lower(&segment.nfc().collect::<String>())
     }
 }
 
