@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod npy;
 pub mod scheduler;
 pub mod tensor;
+pub mod tokenizer;
 pub mod validate;
 
 #[cfg(feature = "tract")]

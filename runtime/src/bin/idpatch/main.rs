@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod schedule;
+mod tokenize;
 mod validate;
 
 #[derive(Parser)]
@@ -25,6 +26,8 @@ enum Command {
     Validate(validate::Args),
     /// Print a scheduler's timesteps, sigmas and initial noise scale for a step count.
     Schedule(schedule::Args),
+    /// Print the token ids both SDXL tokenizers give a prompt.
+    Tokenize(tokenize::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Schedule(args) => schedule::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
     };
     match result {
         Ok(code) => code,
