@@ -11,13 +11,10 @@ pub enum Error {
     #[error("{input}: {reason}")]
     InvalidInput { input: String, reason: String },
 
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file could not be read or written. The cause is part of the message (not a separate
+    /// `source`), so a chained report prints it once.
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: std::io::Error },
 
     /// A model set is unusable: missing or corrupted file, checksum or IO spec mismatch.
     #[error("model set {set}: {reason}")]
