@@ -281,17 +281,29 @@ fn warp_rows_generic(src: &Rgb8, inv: &[[f64; 3]; 2], out: &mut Rgb8) {
             if ix < -1 || iy < -1 || ix >= sw || iy >= sh {
                 continue;
             }
-            let fetch = |dx: i64, dy: i64, c: usize| -> f32 {
-                let (xx, yy) = (ix + dx, iy + dy);
-                if xx < 0 || yy < 0 || xx >= sw || yy >= sh {
-                    0.0
-                } else {
-                    f32::from(sdata[yy as usize * row_stride + xx as usize * 3 + c])
+            let mut corners = [[0f32; 3]; 4]; // top-left, top-right, bottom-left, bottom-right
+            if ix >= 0 && iy >= 0 && ix + 1 < sw && iy + 1 < sh {
+                let top = iy as usize * row_stride + ix as usize * 3;
+                let bottom = top + row_stride;
+                for c in 0..3 {
+                    corners[0][c] = f32::from(sdata[top + c]);
+                    corners[1][c] = f32::from(sdata[top + 3 + c]);
+                    corners[2][c] = f32::from(sdata[bottom + c]);
+                    corners[3][c] = f32::from(sdata[bottom + 3 + c]);
                 }
-            };
+            } else {
+                for (k, corner) in corners.iter_mut().enumerate() {
+                    let (xx, yy) = (ix + (k & 1) as i64, iy + (k >> 1) as i64);
+                    if xx >= 0 && yy >= 0 && xx < sw && yy < sh {
+                        let at = yy as usize * row_stride + xx as usize * 3;
+                        for c in 0..3 {
+                            corner[c] = f32::from(sdata[at + c]);
+                        }
+                    }
+                }
+            }
             for (c, v) in px.iter_mut().enumerate() {
-                let (p00, p01) = (fetch(0, 0, c), fetch(1, 0, c));
-                let (p10, p11) = (fetch(0, 1, c), fetch(1, 1, c));
+                let [p00, p01, p10, p11] = corners.map(|corner| corner[c]);
                 let top = alpha.mul_add(p01 - p00, p00);
                 let bottom = alpha.mul_add(p11 - p10, p10);
                 let value = beta.mul_add(bottom - top, top);
@@ -361,6 +373,21 @@ mod tests {
         assert_eq!(shifted.pixel(0, 1), Some([0, 0, 0]));
         assert_eq!(shifted.pixel(1, 1), Some([0, 0, 0]));
         assert_eq!(shifted.pixel(2, 1), img.pixel(0, 1));
+    }
+
+    #[test]
+    fn fma_and_portable_sampling_agree() {
+        let data = (0..97 * 61 * 3)
+            .map(|i: usize| (i.wrapping_mul(2654435761) >> 7) as u8)
+            .collect();
+        let img = Rgb8::new(97, 61, data).unwrap();
+        let m = rotation(23.0, 1.7, [-40.0, 12.0]);
+        let inv = invert_affine(&m).unwrap();
+        let (mut dispatched, mut portable) = (Rgb8::zeros(112, 112), Rgb8::zeros(112, 112));
+        warp_rows(&img, &inv, &mut dispatched);
+        warp_rows_generic(&img, &inv, &mut portable);
+        assert_eq!(dispatched, portable);
+        assert!(portable.data().iter().any(|&v| v != 0));
     }
 
     #[test]
