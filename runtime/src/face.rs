@@ -46,10 +46,12 @@ pub fn similarity_transform(src: &[[f64; 2]; 5], dst: &[[f64; 2]; 5]) -> Result<
 /// `inverse(m) * (x, y, 1)` with bilinear interpolation; samples outside the source are black.
 ///
 /// Reproduces `cv2.warpAffine(img, m, (out_w, out_h), flags=INTER_LINEAR,
-/// borderMode=BORDER_CONSTANT, borderValue=0)` of OpenCV 4.11+/5.x on x86-64 with AVX2, bit for
-/// bit: OpenCV inverts `m` in f64, then maps coordinates and interpolates in f32 with fused
-/// multiply-adds and rounds half to even. (Older OpenCV used 1/32-pixel fixed-point weights and
-/// differs from this by up to a grey level.)
+/// borderMode=BORDER_CONSTANT, borderValue=0)` of OpenCV 4.11+/5.x bit for bit (checked against
+/// OpenCV 5.0 on x86-64 with AVX2): OpenCV inverts `m` in f64, rounds the inverse to f32, maps
+/// coordinates and interpolates in f32 with fused multiply-adds, and rounds half to even.
+/// OpenCV itself can differ from this by a grey level on CPUs without FMA, in the last columns
+/// of rows whose width is not a multiple of its vector block (16 with AVX2; 112 is), and in
+/// versions before 4.11, which used 1/32-pixel fixed-point weights.
 pub fn warp_affine_bilinear(
     img: &Rgb8,
     m: [[f64; 3]; 2],
