@@ -5,7 +5,9 @@
 
 pub mod backend;
 pub mod error;
+pub mod face;
 pub mod fsutil;
+pub mod image_io;
 pub mod manifest;
 pub mod npy;
 pub mod scheduler;
