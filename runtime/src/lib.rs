@@ -4,10 +4,13 @@
 //! through a [`backend::Backend`]; everything between them is computed here.
 
 pub mod backend;
+pub mod condition;
 pub mod error;
 pub mod fsutil;
+pub mod layout;
 pub mod manifest;
 pub mod npy;
+pub mod splice;
 pub mod tensor;
 pub mod validate;
 

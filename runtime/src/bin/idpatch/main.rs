@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod condition;
 mod validate;
 
 #[derive(Parser)]
@@ -16,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Render the ControlNet condition image (pose skeleton plus ID patches) of a layout.
+    Condition(condition::Args),
     /// Run every graph of a set on its golden inputs and compare with the PyTorch outputs.
     Validate(validate::Args),
 }
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Condition(args) => condition::run(args),
         Command::Validate(args) => validate::run(args),
     };
     match result {
