@@ -184,22 +184,20 @@ pub fn draw_skeletons(
         }
     }
 
-    // cv2.addWeighted(joints, 0.4, limbs, 0.6, 0): float arithmetic, round half to even.
-    let data = joints
-        .data
-        .iter()
-        .zip(&limbs.data)
-        .map(|(&a, &b)| {
-            (a as f32 * 0.4 + b as f32 * 0.6)
-                .round_ties_even()
-                .clamp(0.0, 255.0) as u8
-        })
-        .collect();
-    RgbImage {
-        width,
-        height,
-        data,
+    // cv2.addWeighted(joints, 0.4, limbs, 0.6, 0): float arithmetic, round half to even. Equal
+    // inputs (most of the image) blend to themselves.
+    for (limb, &joint) in limbs.data.iter_mut().zip(&joints.data) {
+        if *limb != joint {
+            *limb = blend(joint, *limb);
+        }
     }
+    limbs
+}
+
+fn blend(joint: u8, limb: u8) -> u8 {
+    (joint as f32 * 0.4 + limb as f32 * 0.6)
+        .round_ties_even()
+        .clamp(0.0, 255.0) as u8
 }
 
 /// COCO-17 -> OpenPose-18; the neck is the shoulders' midpoint with the lower of their scores.
@@ -534,9 +532,12 @@ pub fn composite(
             }
         }
     }
-    for (i, v) in canvas.iter_mut().enumerate() {
-        let (c, p) = (i / plane, i % plane);
-        *v = skeleton.data[p * 3 + c] as f32 / 255.0 + *v;
+    // u8 / 255 in f32, as numpy divides the float32 skeleton.
+    let scaled: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
+    for (c, plane_values) in canvas.chunks_exact_mut(plane).enumerate() {
+        for (v, px) in plane_values.iter_mut().zip(skeleton.data.chunks_exact(3)) {
+            *v = scaled[px[c] as usize] + *v;
+        }
     }
     canvas
 }
