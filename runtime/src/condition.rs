@@ -499,7 +499,8 @@ pub fn window(c: f32, options: &ConditionOptions) -> (i64, i64) {
 }
 
 /// `skeleton / 255 + patches`, (3, H, W) f32: the patches are summed into a zero canvas in
-/// people order, clipped at the borders, then the skeleton is added.
+/// people order, clipped at the borders, then the skeleton is added. `patches` holds at least
+/// one (3, 64, 64) patch per centre (see [`check_patches`]); fewer is a caller bug and panics.
 pub fn composite(
     skeleton: &RgbImage,
     centres: &[[f32; 2]],
@@ -536,7 +537,7 @@ pub fn composite(
     let scaled: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
     for (c, plane_values) in canvas.chunks_exact_mut(plane).enumerate() {
         for (v, px) in plane_values.iter_mut().zip(skeleton.data.chunks_exact(3)) {
-            *v = scaled[px[c] as usize] + *v;
+            *v += scaled[px[c] as usize];
         }
     }
     canvas

@@ -398,7 +398,7 @@ mod tests {
             let err = error_of(&text);
             assert!(err.starts_with(expected), "got {err:?}, want {expected:?}");
         }
-        let nine = vec![r#"{"position": [1, 2]}"#; 9].join(", ");
+        let nine = [r#"{"position": [1, 2]}"#; 9].join(", ");
         let err = error_of(&format!(
             r#"{{"width": 64, "height": 64, "people": [{nine}]}}"#
         ));
