@@ -4,13 +4,16 @@
 //! through a [`backend::Backend`]; everything between them is computed here.
 
 pub mod backend;
+pub mod condition;
 pub mod error;
 pub mod face;
 pub mod fsutil;
 pub mod image_io;
 pub mod manifest;
 pub mod npy;
+pub mod layout;
 pub mod scheduler;
+pub mod splice;
 pub mod tensor;
 pub mod tokenizer;
 pub mod validate;

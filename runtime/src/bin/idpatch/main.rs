@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod schedule;
 mod tokenize;
+mod condition;
 mod validate;
 
 #[derive(Parser)]
@@ -22,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Render the ControlNet condition image (pose skeleton plus ID patches) of a layout.
+    Condition(condition::Args),
     /// Run every graph of a set on its golden inputs and compare with the PyTorch outputs.
     Validate(validate::Args),
     /// Print a scheduler's timesteps, sigmas and initial noise scale for a step count.
@@ -39,6 +42,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Condition(args) => condition::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Schedule(args) => schedule::run(args),
         Command::Tokenize(args) => tokenize::run(args),
