@@ -521,6 +521,10 @@ def optimize_for_cuda(path: pathlib.Path, precision: str) -> dict[str, int]:
         str(path), model_type="unet", num_heads=0, hidden_size=0, opt_level=0, use_gpu=True, optimization_options=options
     )
     onnx_model = model.model
+    if any(node.domain == "com.microsoft" for node in onnx_model.graph.node) and not any(
+        opset.domain == "com.microsoft" for opset in onnx_model.opset_import
+    ):
+        onnx_model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     if precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
