@@ -466,6 +466,14 @@ def stamp_io_shapes(model, spec: dict) -> None:
                 dim.dim_param = size
 
 
+def needs_external_data(model) -> bool:
+    """True past the protobuf limit (where ByteSize itself may fail to serialise)."""
+    try:
+        return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    except Exception:  # protobuf raises EncodeError beyond 2 GiB
+        return True
+
+
 def save_model(model, path: pathlib.Path) -> None:
     import onnx
 
@@ -473,7 +481,7 @@ def save_model(model, path: pathlib.Path) -> None:
     for stale in (path, data):
         if stale.exists():
             stale.unlink()
-    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD:
+    if needs_external_data(model):
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
     else:
         onnx.save_model(model, str(path))
@@ -502,7 +510,7 @@ def convert_fp16(path: pathlib.Path, keep_io_types: bool = False) -> None:
 
     model = onnx.load(str(path), load_external_data=True)
     constants_to_initializers(model)
-    model = convert_float_to_float16(model, keep_io_types=keep_io_types, disable_shape_infer=model.ByteSize() > EXTERNAL_DATA_THRESHOLD)
+    model = convert_float_to_float16(model, keep_io_types=keep_io_types, disable_shape_infer=needs_external_data(model))
     save_model(model, path)
 
 
@@ -530,7 +538,7 @@ def optimize_for_cuda(path: pathlib.Path, precision: str) -> dict[str, int]:
 
         constants_to_initializers(onnx_model)
         onnx_model = convert_float_to_float16(
-            onnx_model, keep_io_types=False, disable_shape_infer=onnx_model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+            onnx_model, keep_io_types=False, disable_shape_infer=needs_external_data(onnx_model)
         )
     save_model(onnx_model, path)
     # The checker reads the file so that graphs with external data work too.
