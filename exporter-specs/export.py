@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import pathlib
 import shlex
 import shutil
@@ -126,6 +125,8 @@ class VaeDecoderGraph(nn.Module):
         super().__init__()
         self.post_quant_conv = vae.post_quant_conv
         self.decoder = vae.decoder
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.latent_channels = int(vae.config.latent_channels)
 
     def forward(self, latent):
         if self.post_quant_conv is not None:
@@ -278,9 +279,12 @@ def build_graph_modules(args, params: dict, wanted: list[str]) -> dict[str, nn.M
     return {name: modules[name] for name in wanted}
 
 
-def config_from_models(params: dict, modules: dict[str, nn.Module]) -> dict:
-    """The manifest's config section; for pretrained sets, read off the loaded models."""
+def config_from_models(params: dict, modules: dict[str, nn.Module], previous: dict | None = None) -> dict:
+    """The manifest's config section; for pretrained sets, read off the loaded models.
+
+    `previous` (the config of the set being extended) supplies what this run's models do not show."""
     cfg = dict(params["config"])
+    cfg.update(previous or {})
     if "text_encoder" in modules:
         cfg["text_dim_1"] = modules["text_encoder"].encoder.config.hidden_size
     if "text_encoder_2" in modules:
@@ -288,6 +292,9 @@ def config_from_models(params: dict, modules: dict[str, nn.Module]) -> dict:
         cfg["pooled_dim"] = modules["text_encoder_2"].encoder.config.projection_dim
     if "unet" in modules:
         cfg["cross_attention_dim"] = modules["unet"].unet.config.cross_attention_dim
+    if "vae_decoder" in modules:
+        cfg["vae_scaling_factor"] = modules["vae_decoder"].scaling_factor
+        cfg["latent_channels"] = modules["vae_decoder"].latent_channels
     if "prompt_proj" in modules:
         cfg["id_tokens_per_face"] = modules["prompt_proj"].latents.shape[1]
     return cfg
@@ -653,7 +660,14 @@ def main(argv=None) -> int:
         need_build = need
     modules = build_graph_modules(args, params, [g for g in GRAPH_ORDER if g in need_build])
     print(f"built models in {time.time() - started:.1f} s", flush=True)
-    cfg = config_from_models(params, modules)
+    # A run with --graphs extends the set's manifest when it is of the same size and source kind.
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    kind = "pretrained" if args.from_pretrained else "random"
+    if manifest and (manifest.get("size") != args.size or manifest.get("source", {}).get("kind") != kind):
+        print(f"warning: {manifest_path} is of another size or source; starting a new manifest", flush=True)
+        manifest = {}
+    cfg = config_from_models(params, modules, manifest.get("config"))
     unet_config = (modules.get("unet").unet.config if "unet" in modules else None)
     if unet_config is None:
         from types import SimpleNamespace
@@ -665,8 +679,6 @@ def main(argv=None) -> int:
     specs = resolve_specs(graphs_json, cfg, layout, args.precision)
     dims = golden_dims(cfg, args.golden_batch, args.golden_latent, args.golden_faces)
 
-    manifest_path = out / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     entries = manifest.get("graphs", {})
     failures = []
     for name in args.graphs:
@@ -733,7 +745,7 @@ def main(argv=None) -> int:
     except ImportError as error:
         print(f"warning: tokenizer files not written ({error})", flush=True)
         tokenizers = manifest.get("tokenizers")
-    scheduler = dict(SDXL_SCHEDULER)
+    scheduler = manifest.get("scheduler") or dict(SDXL_SCHEDULER)
     if args.from_pretrained and args.sdxl:
         scheduler_file = pathlib.Path(args.sdxl) / "scheduler" / "scheduler_config.json"
         if scheduler_file.exists():
@@ -748,7 +760,7 @@ def main(argv=None) -> int:
         "size": args.size,
         "precision": args.precision,
         "source": {
-            "kind": "pretrained" if args.from_pretrained else "random",
+            "kind": kind,
             "seed": args.seed,
             "torch": torch.__version__.split("+")[0],
             "diffusers": diffusers.__version__,
