@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod condition;
 mod schedule;
 mod tokenize;
-mod condition;
 mod validate;
 
 #[derive(Parser)]
