@@ -14,7 +14,10 @@ pub enum Error {
     /// A file could not be read or written. The cause is part of the message (not a separate
     /// `source`), so a chained report prints it once.
     #[error("{}: {cause}", path.display())]
-    Io { path: PathBuf, cause: std::io::Error },
+    Io {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
 
     /// A model set is unusable: missing or corrupted file, checksum or IO spec mismatch.
     #[error("model set {set}: {reason}")]
@@ -36,7 +39,7 @@ impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

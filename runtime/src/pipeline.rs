@@ -279,12 +279,19 @@ impl Job {
     /// Latent (height, width).
     pub fn latent_size(&self, set: &ModelSet) -> (usize, usize) {
         let f = set.manifest.config.vae_scale_factor;
-        (self.layout.height as usize / f, self.layout.width as usize / f)
+        (
+            self.layout.height as usize / f,
+            self.layout.width as usize / f,
+        )
     }
 }
 
 /// The scheduler of `set` (its config, as `kind` when given), with `steps` timesteps.
-pub fn scheduler_for(set: &ModelSet, kind: Option<SchedulerKind>, steps: usize) -> Result<Scheduler> {
+pub fn scheduler_for(
+    set: &ModelSet,
+    kind: Option<SchedulerKind>,
+    steps: usize,
+) -> Result<Scheduler> {
     let map = set.manifest.scheduler.as_object().ok_or_else(|| {
         set.error("manifest.json scheduler: expected a diffusers scheduler config object")
     })?;
@@ -376,7 +383,11 @@ pub fn prepare(
 
 /// Runs a graph on host tensors: inputs are cast to the dtypes the graph declares, outputs come
 /// back as f32 host tensors, and a NaN or infinity in any output is an error naming it.
-pub fn run_host(graph: &mut dyn Graph, inputs: &[(&str, &Tensor)], context: &str) -> Result<Vec<Tensor>> {
+pub fn run_host(
+    graph: &mut dyn Graph,
+    inputs: &[(&str, &Tensor)],
+    context: &str,
+) -> Result<Vec<Tensor>> {
     let values = host_values(graph, inputs)?;
     let named: Vec<(&str, &Value)> = values.iter().map(|(n, v)| (*n, v)).collect();
     let outputs = graph.run(&named)?;
@@ -393,7 +404,10 @@ pub fn run_host(graph: &mut dyn Graph, inputs: &[(&str, &Tensor)], context: &str
 }
 
 /// Host values of `inputs`, each cast to the dtype the graph declares for it.
-fn host_values<'a>(graph: &dyn Graph, inputs: &[(&'a str, &Tensor)]) -> Result<Vec<(&'a str, Value)>> {
+fn host_values<'a>(
+    graph: &dyn Graph,
+    inputs: &[(&'a str, &Tensor)],
+) -> Result<Vec<(&'a str, Value)>> {
     inputs
         .iter()
         .map(|(name, tensor)| {
@@ -426,9 +440,10 @@ fn check_finite(tensor: &Tensor, role: Role, output: &str, context: &str) -> Res
 /// ArcFace embeddings (F, 1, 512) of a face batch (F, 3, 112, 112).
 pub fn id_embeddings(arcface: &mut dyn Graph, faces: &Tensor) -> Result<Tensor> {
     let out = run_host(arcface, &[("face", faces)], "")?;
-    let embedding = out.into_iter().next().ok_or_else(|| {
-        Error::graph("arcface", "the graph returned no output")
-    })?;
+    let embedding = out
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::graph("arcface", "the graph returned no output"))?;
     let (f, d) = match embedding.shape() {
         [f, d] => (*f, *d),
         other => {
@@ -443,12 +458,18 @@ pub fn id_embeddings(arcface: &mut dyn Graph, faces: &Tensor) -> Result<Tensor> 
 
 /// ID patches (F, 3, 64, 64) from embeddings (F, 1, 512).
 pub fn id_patches(patch_proj: &mut dyn Graph, embeddings: &Tensor) -> Result<Tensor> {
-    first_output(run_host(patch_proj, &[("id_embeds", embeddings)], "")?, "patch_proj")
+    first_output(
+        run_host(patch_proj, &[("id_embeds", embeddings)], "")?,
+        "patch_proj",
+    )
 }
 
 /// ID tokens (F, 16, D) from embeddings (F, 1, 512).
 pub fn id_tokens(prompt_proj: &mut dyn Graph, embeddings: &Tensor) -> Result<Tensor> {
-    first_output(run_host(prompt_proj, &[("id_embeds", embeddings)], "")?, "prompt_proj")
+    first_output(
+        run_host(prompt_proj, &[("id_embeds", embeddings)], "")?,
+        "prompt_proj",
+    )
 }
 
 fn first_output(outputs: Vec<Tensor>, graph: &str) -> Result<Tensor> {
@@ -531,7 +552,10 @@ pub fn generate(
     if out_2.len() != 2 {
         return Err(Error::graph(
             "text_encoder_2",
-            format!("expected 2 outputs (hidden_states, text_embeds), got {}", out_2.len()),
+            format!(
+                "expected 2 outputs (hidden_states, text_embeds), got {}",
+                out_2.len()
+            ),
         ));
     }
     let pooled = out_2.pop().expect("two outputs");
@@ -566,7 +590,12 @@ pub fn generate(
         let n = v.len() / 2;
         Tensor::from_f32(vec![text_len, dim], v[b * n..(b + 1) * n].to_vec())
     };
-    let states = EncoderStates::new(&half(&text, 0)?, &half(&text, 1)?, &negative_tokens, &tokens)?;
+    let states = EncoderStates::new(
+        &half(&text, 0)?,
+        &half(&text, 1)?,
+        &negative_tokens,
+        &tokens,
+    )?;
     debug_assert_eq!(tokens.shape()[0], people);
     let repeat2 = |t: &Tensor| {
         let mut shape = vec![2];
@@ -670,12 +699,20 @@ pub fn generate(
         let mut named: Vec<(&str, &Value)> = step_inputs.iter().map(|(k, v)| (*k, v)).collect();
         named.push(("encoder_hidden_states", &unet_states[phase]));
         named.extend(unet_consts.iter().map(|(k, v)| (*k, v)));
-        named.extend(residual_names.iter().map(|k| k.as_str()).zip(residuals.iter()));
+        named.extend(
+            residual_names
+                .iter()
+                .map(|k| k.as_str())
+                .zip(residuals.iter()),
+        );
         let mut eps = models.unet.run(&named)?;
         if eps.is_empty() {
             return Err(Error::graph("unet", "the graph returned no output"));
         }
-        let eps = models.unet.to_host(eps.swap_remove(0))?.cast(DType::Float32)?;
+        let eps = models
+            .unet
+            .to_host(eps.swap_remove(0))?
+            .cast(DType::Float32)?;
         check_finite(&eps, Role::Unet, "noise_pred", &context)?;
         timings.unet += started.elapsed();
 
@@ -713,15 +750,25 @@ pub fn generate(
     let started = Instant::now();
     let latent_shape = vec![1, channels, lh, lw];
     let factor = config.vae_scaling_factor as f32;
-    let scaled = Tensor::from_f32(latent_shape.clone(), latents.iter().map(|x| x / factor).collect())?;
+    let scaled = Tensor::from_f32(
+        latent_shape.clone(),
+        latents.iter().map(|x| x / factor).collect(),
+    )?;
     let decoded = first_output(
-        run_host(models.vae_decoder.as_mut(), &[("latent", &scaled)], "after the last step")?,
+        run_host(
+            models.vae_decoder.as_mut(),
+            &[("latent", &scaled)],
+            "after the last step",
+        )?,
         "vae_decoder",
     )?;
     if decoded.shape() != [1, 3, height, width] {
         return Err(Error::graph(
             "vae_decoder",
-            format!("image has shape {:?}, expected [1, 3, {height}, {width}]", decoded.shape()),
+            format!(
+                "image has shape {:?}, expected [1, 3, {height}, {width}]",
+                decoded.shape()
+            ),
         ));
     }
     timings.vae_decode = started.elapsed();
@@ -749,13 +796,21 @@ fn side_by_side(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (&[batch, tokens, d1], &[batch_b, tokens_b, d2]) = (a.shape(), b.shape()) else {
         return Err(Error::graph(
             "text_encoder",
-            format!("hidden states {:?} and {:?} are not (batch, tokens, dim)", a.shape(), b.shape()),
+            format!(
+                "hidden states {:?} and {:?} are not (batch, tokens, dim)",
+                a.shape(),
+                b.shape()
+            ),
         ));
     };
     if (batch, tokens) != (batch_b, tokens_b) {
         return Err(Error::graph(
             "text_encoder_2",
-            format!("hidden states {:?} do not match text_encoder's {:?}", b.shape(), a.shape()),
+            format!(
+                "hidden states {:?} do not match text_encoder's {:?}",
+                b.shape(),
+                a.shape()
+            ),
         ));
     }
     let (va, vb) = (a.as_f32().expect("f32"), b.as_f32().expect("f32"));
@@ -795,12 +850,48 @@ mod tests {
         let ok = Params::default();
         assert!(ok.check().is_ok());
         let cases = [
-            (Params { steps: 0, ..ok.clone() }, "--steps"),
-            (Params { steps: 1001, ..ok.clone() }, "--steps"),
-            (Params { guidance: -1.0, ..ok.clone() }, "--guidance"),
-            (Params { guidance: f64::NAN, ..ok.clone() }, "--guidance"),
-            (Params { controlnet_scale: f64::INFINITY, ..ok.clone() }, "--controlnet-scale"),
-            (Params { id_injection_ratio: 1.2, ..ok.clone() }, "--id-injection-ratio"),
+            (
+                Params {
+                    steps: 0,
+                    ..ok.clone()
+                },
+                "--steps",
+            ),
+            (
+                Params {
+                    steps: 1001,
+                    ..ok.clone()
+                },
+                "--steps",
+            ),
+            (
+                Params {
+                    guidance: -1.0,
+                    ..ok.clone()
+                },
+                "--guidance",
+            ),
+            (
+                Params {
+                    guidance: f64::NAN,
+                    ..ok.clone()
+                },
+                "--guidance",
+            ),
+            (
+                Params {
+                    controlnet_scale: f64::INFINITY,
+                    ..ok.clone()
+                },
+                "--controlnet-scale",
+            ),
+            (
+                Params {
+                    id_injection_ratio: 1.2,
+                    ..ok.clone()
+                },
+                "--id-injection-ratio",
+            ),
         ];
         for (params, flag) in cases {
             let err = params.check().unwrap_err().to_string();

@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => {
             let set = ModelSet::open(&args.models, Checksums::Skip)?;
             let faces = pipeline::face_batch(&layout)?;
-            let backend = args.backend.create();
+            let backend = args.backend.create()?;
             let mut arcface = load_checked(backend.as_ref(), &set, Role::Arcface)?;
             let mut patch_proj = load_checked(backend.as_ref(), &set, Role::PatchProj)?;
             let embeddings = pipeline::id_embeddings(arcface.as_mut(), &faces)?;

@@ -25,9 +25,14 @@ impl BackendKind {
         }
     }
 
-    pub fn create(self) -> Box<dyn Backend> {
+    pub fn create(self) -> anyhow::Result<Box<dyn Backend>> {
         match self {
-            BackendKind::Tract => Box::new(idpatch::TractBackend::new()),
+            #[cfg(feature = "tract")]
+            BackendKind::Tract => Ok(Box::new(idpatch::TractBackend::new())),
+            #[cfg(not(feature = "tract"))]
+            BackendKind::Tract => {
+                anyhow::bail!("this build has no tract backend (the `tract` feature is off)")
+            }
         }
     }
 }
@@ -156,7 +161,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let set_name = set.name().to_string();
     let digest = set.graphs_digest()?;
 
-    let backend = args.backend.create();
+    let backend = args.backend.create()?;
     let load_started = Instant::now();
     let mut models = Models::load(backend.as_ref(), set)?;
     let load_graphs = load_started.elapsed();
@@ -181,10 +186,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         p.id_injection_ratio.to_string(),
     );
     let software = format!("idpatch {}", env!("CARGO_PKG_VERSION"));
-    let init_noise_name = args
-        .init_noise
-        .as_ref()
-        .map(|p| p.display().to_string());
+    let init_noise_name = args.init_noise.as_ref().map(|p| p.display().to_string());
     let mut text: Vec<(&str, &str)> = vec![
         ("prompt", &p.prompt),
         ("negative_prompt", &p.negative_prompt),
@@ -215,9 +217,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.save_latents {
         npy::write(path, &generated.latents)?;
     }
-    eprintln!(
-        "{}",
-        generated.timings.summary(started.elapsed())
-    );
+    eprintln!("{}", generated.timings.summary(started.elapsed()));
     Ok(ExitCode::SUCCESS)
 }

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod schedule;
-mod tokenize;
 mod condition;
 mod generate;
+mod schedule;
+mod tokenize;
 mod validate;
 
 #[derive(Parser)]
