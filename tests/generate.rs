@@ -381,19 +381,14 @@ fn bad_inputs_exit_2_with_one_line_and_no_output() {
 
     let mut cases: Vec<(Vec<String>, String)> = Vec::new();
     let base = |layout: &Path, extra: &[&str]| {
-        let mut args: Vec<String> = [
-            "generate",
-            "--layout",
-            s(layout),
-            "--prompt",
-            "x",
-            "--steps",
-            "2",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+        let mut args: Vec<String> = ["generate", "--layout", s(layout), "--prompt", "x"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
         args.extend(extra.iter().map(|a| a.to_string()));
+        if !extra.contains(&"--steps") {
+            args.extend(["--steps".to_string(), "2".to_string()]);
+        }
         if !extra.contains(&"--out") {
             args.extend(["--out".to_string(), s(&png).to_string()]);
         }
