@@ -302,7 +302,7 @@ fn bad_inputs_exit_2_with_one_line_and_no_output() {
     let good = write_layout(d, "good.json", &one(good_person));
 
     std::fs::write(d.join("not_an_image.png"), "hello, not a picture").unwrap();
-    let nine = vec![good_person; 9].join(", ");
+    let nine = [good_person; 9].join(", ");
     let pose = pose_json(10.0);
     let short_pose = {
         let rows: Vec<String> = (0..16).map(|i| format!("[{i}, {i}, 0.9]")).collect();
@@ -459,4 +459,36 @@ fn bad_inputs_exit_2_with_one_line_and_no_output() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn non_finite_values_stop_the_run_naming_step_and_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("out.png");
+    // Finite noise that overflows to infinity once scaled by the initial sigma (about 14.6).
+    let noise_path = dir.path().join("huge.npy");
+    let huge = idpatch::Tensor::from_f32(vec![1, 4, 8, 12], vec![3e38; 4 * 8 * 12]).unwrap();
+    npy::write(&noise_path, &huge).unwrap();
+    let layout = data_dir().join("layout.json");
+    let out = idpatch(&[
+        "generate",
+        "--layout",
+        s(&layout),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--init-noise",
+        s(&noise_path),
+        "--out",
+        s(&png),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("graph controlnet: NaN or infinity"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("at step 0 of 2"), "{stderr}");
+    assert!(!png.exists());
 }

@@ -112,6 +112,9 @@ pub struct Timings {
     pub controlnet: Duration,
     /// UNet over the whole loop.
     pub unet: Duration,
+    /// Part of `controlnet` + `unet`: their first run at each sequence length, which includes a
+    /// backend's per-shape preparation (tract optimises a plan for each new input shape).
+    pub first_runs: Duration,
     /// Initial noise, model-input scaling, CFG and scheduler steps (Rust).
     pub scheduler: Duration,
     pub vae_decode: Duration,
@@ -147,6 +150,7 @@ impl Timings {
             ("condition + splicing", self.condition),
             ("controlnet (all steps)", self.controlnet),
             ("unet (all steps)", self.unet),
+            ("  of which first run/shape", self.first_runs),
             ("scheduler + CFG", self.scheduler),
             ("vae decode", self.vae_decode),
             ("to RGB8", self.to_rgb),
@@ -667,6 +671,9 @@ pub fn generate(
         let phase = usize::from(splice::ids_active(i, steps, params.id_injection_ratio));
         let context = format!("at step {i} of {steps}");
 
+        let first_run = i == 0
+            || phase != usize::from(splice::ids_active(i - 1, steps, params.id_injection_ratio));
+        let graphs_started = Instant::now();
         let started = Instant::now();
         let step_inputs = host_values(
             models.controlnet.as_ref(),
@@ -715,6 +722,9 @@ pub fn generate(
             .cast(DType::Float32)?;
         check_finite(&eps, Role::Unet, "noise_pred", &context)?;
         timings.unet += started.elapsed();
+        if first_run {
+            timings.first_runs += graphs_started.elapsed();
+        }
 
         let started = Instant::now();
         let eps = eps.as_f32().expect("cast to f32");
