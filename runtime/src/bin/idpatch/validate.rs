@@ -47,8 +47,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let backend = args.backend.create()?;
     println!(
-        "{:<15} {:>12} {:>12} {:>10} {:>9}  {}",
-        "graph", "max abs err", "max rel err", "tolerance", "ms", "result"
+        "{:<15} {:>12} {:>12} {:>10} {:>9}  result",
+        "graph", "max abs err", "max rel err", "tolerance", "ms"
     );
     let mut all_passed = true;
     for role in roles {
