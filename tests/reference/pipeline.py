@@ -18,7 +18,7 @@ of models/tiny/golden to 1e-5, then runs the pipeline the way ID-Patch's SDXL pi
 Inputs (tests/data/pipeline/): layout.json, face_*.png, init_noise.npy (numpy default_rng(20250101)
 standard normals); the layout's second face is ../face/upright.png with its face_keypoints.
 Outputs: latents.npy (final latents before VAE scaling, float32 (1,4,8,12)), image.npy (float32
-(1,3,64,96) in [0,1]), image.png (numpy round-half-even of x*255), condition.npy, patches.npy,
+(1,3,64,96) in [0,1]), image.png (numpy round-half-even of x*255), condition.npy,
 reference.json (parameters and library versions).
 """
 
@@ -201,7 +201,6 @@ def main():
     np.save(OUT / "latents.npy", latents.numpy().astype(np.float32))
     np.save(OUT / "image.npy", image.numpy().astype(np.float32))
     np.save(OUT / "condition.npy", condition.astype(np.float32))
-    np.save(OUT / "patches.npy", patches.numpy().astype(np.float32))
     rgb = np.round(image[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     cv2.imwrite(str(OUT / "image.png"), rgb[:, :, ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
     meta = {
