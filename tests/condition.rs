@@ -331,7 +331,8 @@ fn cli_bad_inputs_exit_2_without_output() {
     let good = data_dir().join("overlap.json");
     let cases: [(&Path, Option<&Path>, &str); 3] = [
         (&bad, Some(&patches), "layout people[0].position"),
-        (&good, None, "--patches: required for now"),
+        // Without --patches the patches come from the faces, which this layout lacks.
+        (&good, None, "layout people[0].face: missing"),
         (
             &data_dir().join("tiny.json"),
             Some(&patches),

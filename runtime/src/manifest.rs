@@ -258,6 +258,21 @@ impl ModelSet {
         Ok(self.entry(role)?.golden.as_ref().map(|g| self.dir.join(g)))
     }
 
+    /// One sha256 naming every graph file of the set, as listed in the manifest: the digest of
+    /// the lines `<role> <file> <sha256>\n` (external data files too) in pipeline order.
+    pub fn graphs_digest(&self) -> Result<String> {
+        let mut hasher = Sha256::new();
+        for role in Role::ALL {
+            let entry = self.entry(role)?;
+            let files = std::iter::once((&entry.file, &entry.sha256))
+                .chain(entry.external_data.iter().map(|f| (&f.file, &f.sha256)));
+            for (file, sha) in files {
+                hasher.update(format!("{role} {file} {}\n", sha.to_ascii_lowercase()));
+            }
+        }
+        Ok(hex(&hasher.finalize()))
+    }
+
     pub fn error(&self, reason: impl Into<String>) -> Error {
         Error::model_set(self.dir.display().to_string(), reason)
     }
@@ -274,11 +289,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Compares what a loaded graph declares with the manifest's spec. Names and dtypes must agree

@@ -192,24 +192,23 @@ fn to_tract(t: &Tensor) -> tp::TractResult<tp::Tensor> {
 fn from_tract(v: &tp::Tensor) -> tp::TractResult<Tensor> {
     let shape = v.shape().to_vec();
     let data = match v.datum_type() {
-        DatumType::F32 => {
-            TensorData::F32(v.to_plain_array_view::<f32>()?.iter().copied().collect())
-        }
+        DatumType::F32 => TensorData::F32(plain::<f32>(v)?),
         DatumType::F16 => TensorData::F16(
-            v.to_plain_array_view::<tp::f16>()?
+            plain::<tp::f16>(v)?
                 .iter()
                 .map(|x| half::f16::from_bits(x.to_bits()))
                 .collect(),
         ),
-        DatumType::I64 => {
-            TensorData::I64(v.to_plain_array_view::<i64>()?.iter().copied().collect())
-        }
-        DatumType::I32 => {
-            TensorData::I32(v.to_plain_array_view::<i32>()?.iter().copied().collect())
-        }
+        DatumType::I64 => TensorData::I64(plain::<i64>(v)?),
+        DatumType::I32 => TensorData::I32(plain::<i32>(v)?),
         other => anyhow::bail!("unsupported output type {other:?}"),
     };
     Tensor::new(shape, data).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A tensor's values in logical (row-major) order.
+fn plain<T: tp::Datum + Copy>(v: &tp::Tensor) -> tp::TractResult<Vec<T>> {
+    Ok(v.to_plain_array_view::<T>()?.iter().copied().collect())
 }
 
 /// The graph's declared inputs (initializers excluded) and outputs.

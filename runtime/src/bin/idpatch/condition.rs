@@ -1,9 +1,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use idpatch::backend::load_checked;
 use idpatch::condition::{self, ConditionOptions};
 use idpatch::layout::Layout;
-use idpatch::{fsutil, npy, Error};
+use idpatch::manifest::{Checksums, ModelSet, Role};
+use idpatch::{fsutil, npy, pipeline};
+
+use crate::generate::{check_output, BackendKind};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,9 +18,12 @@ pub struct Args {
     /// computing them from the faces.
     #[arg(long)]
     patches: Option<PathBuf>,
-    /// Graph set directory (holding manifest.json), for computing patches from faces.
-    #[arg(long)]
-    models: Option<PathBuf>,
+    /// Graph set directory (holding manifest.json), for computing patches from the faces.
+    #[arg(long, default_value = "models/tiny")]
+    models: PathBuf,
+    /// Backend that runs arcface and patch_proj when the patches come from the faces.
+    #[arg(long, value_enum, default_value = "tract")]
+    backend: BackendKind,
     /// Condition preview PNG (values clamped to [0, 1]).
     #[arg(long)]
     out: PathBuf,
@@ -29,24 +36,28 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // Faces are only read when computing patches, which needs --patches to be absent.
-    let layout = Layout::load(&args.layout, false)?;
-    let Some(patches_path) = &args.patches else {
-        let models = args
-            .models
-            .as_ref()
-            .map_or("models".into(), |m| m.display().to_string());
-        return Err(Error::invalid_input(
-            "--patches",
-            format!(
-                "required for now: computing patches from the faces needs the arcface and \
-                 patch_proj graphs of {models}, which this command does not run yet"
-            ),
-        )
-        .into());
+    check_output("--out", &args.out)?;
+    if let Some(raw) = &args.raw {
+        check_output("--raw", raw)?;
+    }
+    // Face photos are only needed when the patches are computed from them.
+    let layout = Layout::load(&args.layout, args.patches.is_none())?;
+    let patches = match &args.patches {
+        Some(path) => {
+            let patches = npy::read(path)?;
+            condition::check_patches(&patches, layout.people.len(), "--patches")?;
+            patches
+        }
+        None => {
+            let set = ModelSet::open(&args.models, Checksums::Skip)?;
+            let faces = pipeline::face_batch(&layout)?;
+            let backend = args.backend.create()?;
+            let mut arcface = load_checked(backend.as_ref(), &set, Role::Arcface)?;
+            let mut patch_proj = load_checked(backend.as_ref(), &set, Role::PatchProj)?;
+            let embeddings = pipeline::id_embeddings(arcface.as_mut(), &faces)?;
+            pipeline::id_patches(patch_proj.as_mut(), &embeddings)?
+        }
     };
-    let patches = npy::read(patches_path)?;
-    condition::check_patches(&patches, layout.people.len(), "--patches")?;
 
     let options = ConditionOptions {
         bf16_positions: args.bf16_positions,

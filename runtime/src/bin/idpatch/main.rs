@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod condition;
+mod generate;
 mod schedule;
 mod tokenize;
 mod validate;
@@ -23,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate a group photo from a layout, face photos and a prompt.
+    Generate(generate::Args),
     /// Render the ControlNet condition image (pose skeleton plus ID patches) of a layout.
     Condition(condition::Args),
     /// Run every graph of a set on its golden inputs and compare with the PyTorch outputs.
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
         Command::Condition(args) => condition::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Schedule(args) => schedule::run(args),

@@ -4,10 +4,7 @@ use std::process::ExitCode;
 use idpatch::manifest::{Checksums, ModelSet, Role};
 use idpatch::validate::validate_graph;
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum BackendKind {
-    Tract,
-}
+use crate::generate::BackendKind;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,16 +45,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             })
             .collect::<Result<_, _>>()?
     };
-    let backend = match args.backend {
-        BackendKind::Tract => idpatch::TractBackend::new(),
-    };
+    let backend = args.backend.create()?;
     println!(
-        "{:<15} {:>12} {:>12} {:>10} {:>9}  {}",
-        "graph", "max abs err", "max rel err", "tolerance", "ms", "result"
+        "{:<15} {:>12} {:>12} {:>10} {:>9}  result",
+        "graph", "max abs err", "max rel err", "tolerance", "ms"
     );
     let mut all_passed = true;
     for role in roles {
-        let report = validate_graph(&set, &backend, role, args.tolerance)?;
+        let report = validate_graph(&set, backend.as_ref(), role, args.tolerance)?;
         all_passed &= report.passed();
         println!(
             "{:<15} {:>12.3e} {:>12.3e} {:>10.1e} {:>9.2}  {}",

@@ -1,0 +1,494 @@
+//! `idpatch generate` end to end on the tiny graph set (tract backend), against
+//! tests/data/pipeline, produced by tests/reference/pipeline.py (the tiny set's PyTorch modules
+//! rebuilt by exporter-specs/export.py, diffusers 0.42.1 EulerDiscreteScheduler, transformers 5.23
+//! CLIPTokenizer, OpenCV 5.0 / scikit-image 0.26 face alignment and skeleton, torch 2.11).
+
+#![cfg(feature = "tract")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use idpatch::{image_io, npy};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn data_dir() -> PathBuf {
+    root().join("tests/data/pipeline")
+}
+
+fn tiny_dir() -> PathBuf {
+    root().join("models/tiny")
+}
+
+fn idpatch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_idpatch"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the idpatch binary runs")
+}
+
+fn reference() -> serde_json::Value {
+    let text = std::fs::read_to_string(data_dir().join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The reference run's arguments, plus `extra`.
+fn reference_args<'a>(layout: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<String> {
+    let r = reference();
+    let mut args: Vec<String> = [
+        "generate",
+        "--layout",
+        layout,
+        "--prompt",
+        r["prompt"].as_str().unwrap(),
+        "--negative-prompt",
+        r["negative_prompt"].as_str().unwrap(),
+        "--steps",
+        &r["steps"].to_string(),
+        "--guidance",
+        &r["guidance"].to_string(),
+        "--controlnet-scale",
+        &r["controlnet_scale"].to_string(),
+        "--id-injection-ratio",
+        &r["id_injection_ratio"].to_string(),
+        "--out",
+        out,
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn run_strings(args: &[String]) -> Output {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    idpatch(&refs)
+}
+
+fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// Expected latents and image: tests/reference/pipeline.py (torch modules of the tiny set,
+// diffusers EulerDiscreteScheduler.step, CFG 5.5, ControlNet scale 0.8, ID tokens from step 2 of 7).
+#[test]
+fn matches_the_pytorch_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (png, latents_path, cond_png) = (
+        dir.path().join("out.png"),
+        dir.path().join("latents.npy"),
+        dir.path().join("cond.png"),
+    );
+    let layout = data_dir().join("layout.json");
+    let noise = data_dir().join("init_noise.npy");
+    let args = reference_args(
+        s(&layout),
+        s(&png),
+        &[
+            "--init-noise",
+            s(&noise),
+            "--save-latents",
+            s(&latents_path),
+            "--save-condition",
+            s(&cond_png),
+        ],
+    );
+    let out = run_strings(&args);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Timing summary on stderr; no progress line when stderr is not a terminal.
+    assert!(
+        stderr.contains("unet (all steps)") && stderr.contains("Rust-owned"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\r'),
+        "progress printed to a pipe: {stderr:?}"
+    );
+
+    let ours = npy::read(&latents_path).unwrap();
+    let expected = npy::read(&data_dir().join("latents.npy")).unwrap();
+    assert_eq!(ours.shape(), expected.shape());
+    let (a, b) = (ours.as_f32().unwrap(), expected.as_f32().unwrap());
+    let max_err = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    let rel = max_err / scale;
+    eprintln!(
+        "final latents: max abs err {max_err:.3e}, relative to max |ref| {scale:.3} = {rel:.3e}"
+    );
+    assert!(rel <= 1e-3, "latents relative error {rel:.3e}");
+
+    let img = image_io::load_rgb8(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (96, 64));
+    let reference_image = npy::read(&data_dir().join("image.npy")).unwrap();
+    assert_eq!(reference_image.shape(), [1, 3, 64, 96]);
+    let plane = 64 * 96;
+    let r = reference_image.as_f32().unwrap();
+    let mut sum = 0f64;
+    for (p, px) in img.data().chunks_exact(3).enumerate() {
+        for (c, &v) in px.iter().enumerate() {
+            sum += (f64::from(v) / 255.0 - f64::from(r[c * plane + p])).abs();
+        }
+    }
+    let mean = sum / (3 * plane) as f64;
+    eprintln!(
+        "decoded image: mean abs err {mean:.3e} (limit {:.3e})",
+        1.0 / 255.0
+    );
+    assert!(mean <= 1.0 / 255.0, "image mean abs error {mean}");
+    assert!(image_io::load_rgb8(&cond_png).is_ok());
+}
+
+// Expected condition: tests/reference/pipeline.py (torch arcface + patch_proj, OpenCV skeleton,
+// numpy compositing), the same layout.
+#[test]
+fn condition_computes_patches_from_the_faces() {
+    let dir = tempfile::tempdir().unwrap();
+    let (png, raw) = (dir.path().join("cond.png"), dir.path().join("cond.npy"));
+    let layout = data_dir().join("layout.json");
+    let out = idpatch(&[
+        "condition",
+        "--layout",
+        s(&layout),
+        "--models",
+        s(&tiny_dir()),
+        "--out",
+        s(&png),
+        "--raw",
+        s(&raw),
+    ]);
+    assert_success(&out);
+    let ours = npy::read(&raw).unwrap();
+    let expected = npy::read(&data_dir().join("condition.npy")).unwrap();
+    assert_eq!(ours.shape(), expected.shape());
+    let max_err = ours
+        .as_f32()
+        .unwrap()
+        .iter()
+        .zip(expected.as_f32().unwrap())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = expected
+        .as_f32()
+        .unwrap()
+        .iter()
+        .map(|y| y.abs())
+        .fold(0f32, f32::max);
+    assert!(
+        max_err <= 1e-4 * scale,
+        "condition max abs err {max_err} (scale {scale})"
+    );
+}
+
+#[test]
+fn same_seed_gives_identical_png_and_metadata_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = data_dir().join("layout.json");
+    let outs: Vec<PathBuf> = ["a.png", "b.png", "c.png"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
+    for (path, seed) in outs.iter().zip(["7", "7", "8"]) {
+        let out = idpatch(&[
+            "generate",
+            "--layout",
+            s(&layout),
+            "--prompt",
+            "two friends",
+            "--steps",
+            "3",
+            "--seed",
+            seed,
+            "--scheduler",
+            "euler-a",
+            "--out",
+            s(path),
+        ]);
+        assert_success(&out);
+    }
+    let bytes: Vec<Vec<u8>> = outs.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert_eq!(bytes[0], bytes[1], "same seed, different PNG");
+    let (a, c) = (
+        image_io::load_rgb8(&outs[0]).unwrap(),
+        image_io::load_rgb8(&outs[2]).unwrap(),
+    );
+    assert_ne!(a.data(), c.data(), "different seeds, same pixels");
+
+    let text = image_io::read_png_text(&outs[0]).unwrap();
+    let get = |k: &str| {
+        text.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {k} chunk in {text:?}"))
+    };
+    assert_eq!(get("prompt"), "two friends");
+    assert_eq!(get("negative_prompt"), "");
+    assert_eq!(get("seed"), "7");
+    assert_eq!(get("steps"), "3");
+    assert_eq!(get("guidance"), "5.5");
+    assert_eq!(get("controlnet_scale"), "0.8");
+    assert_eq!(get("id_injection_ratio"), "0.8");
+    assert_eq!(get("scheduler"), "euler-a");
+    assert_eq!(get("model_set"), "tiny");
+    assert_eq!(get("model_set_digest").len(), 64);
+    assert!(get("software").starts_with("idpatch "));
+}
+
+#[test]
+fn long_prompt_is_truncated_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("out.png");
+    let layout = data_dir().join("layout.json");
+    let prompt = "a photo of friends ".repeat(30);
+    let out = idpatch(&[
+        "generate",
+        "--layout",
+        s(&layout),
+        "--prompt",
+        &prompt,
+        "--steps",
+        "1",
+        "--out",
+        s(&png),
+    ]);
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: --prompt is longer than 77"),
+        "{stderr}"
+    );
+    assert!(png.exists());
+}
+
+/// Writes a layout into `dir` whose faces point at the pipeline test faces.
+fn write_layout(dir: &Path, name: &str, json: &str) -> PathBuf {
+    let path = dir.join(name);
+    let faces = data_dir();
+    std::fs::write(&path, json.replace("FACES", s(&faces))).unwrap();
+    path
+}
+
+fn pose_json(cx: f32) -> String {
+    let rows: Vec<String> = (0..17)
+        .map(|i| format!("[{}, {}, 0.9]", cx + i as f32, 10.0 + i as f32 * 2.0))
+        .collect();
+    format!("[{}]", rows.join(", "))
+}
+
+#[test]
+fn bad_inputs_exit_2_with_one_line_and_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let png = d.join("out.png");
+    let good_person = r#"{"face": "FACES/face_coffee.png", "position": [30, 30]}"#;
+    let one = |people: &str| format!(r#"{{"width": 64, "height": 64, "people": [{people}]}}"#);
+    let good = write_layout(d, "good.json", &one(good_person));
+
+    std::fs::write(d.join("not_an_image.png"), "hello, not a picture").unwrap();
+    let nine = [good_person; 9].join(", ");
+    let pose = pose_json(10.0);
+    let short_pose = {
+        let rows: Vec<String> = (0..16).map(|i| format!("[{i}, {i}, 0.9]")).collect();
+        format!("[{}]", rows.join(", "))
+    };
+    let layouts = [
+        (
+            "missing_face.json",
+            one(r#"{"face": "FACES/nope.png", "position": [30, 30]}"#),
+            "nope.png does not exist",
+        ),
+        (
+            "not_image.json",
+            one(&format!(
+                r#"{{"face": "{}", "position": [30, 30]}}"#,
+                s(&d.join("not_an_image.png"))
+            )),
+            "not an image file",
+        ),
+        (
+            "big_face.json",
+            one(r#"{"face": "FACES/../face/upright.png", "position": [30, 30]}"#),
+            "face_keypoints",
+        ),
+        ("empty.json", one(""), "layout people: no people"),
+        ("nine.json", one(&nine), "at most 8"),
+        (
+            "size.json",
+            format!(r#"{{"width": 60, "height": 64, "people": [{good_person}]}}"#),
+            "not a positive multiple of 8",
+        ),
+        (
+            "both.json",
+            one(&format!(
+                r#"{{"face": "FACES/face_coffee.png", "position": [30, 30], "keypoints": {pose}}}"#
+            )),
+            "has both",
+        ),
+        (
+            "neither.json",
+            one(r#"{"face": "FACES/face_coffee.png"}"#),
+            "has neither",
+        ),
+        (
+            "short.json",
+            one(&format!(
+                r#"{{"face": "FACES/face_coffee.png", "keypoints": {short_pose}}}"#
+            )),
+            "keypoints: expected 17 entries, got 16",
+        ),
+        (
+            "face_kps_count.json",
+            one(
+                r#"{"face": "FACES/face_coffee.png", "position": [30, 30], "face_keypoints": [[1, 2], [3, 4]]}"#,
+            ),
+            "face_keypoints: expected 5 entries, got 2",
+        ),
+        (
+            "non_finite.json",
+            one(r#"{"face": "FACES/face_coffee.png", "position": [30, 1e999]}"#),
+            "layout",
+        ),
+        (
+            "huge.json",
+            one(r#"{"face": "FACES/face_coffee.png", "position": [30, 1e300]}"#),
+            "out of range",
+        ),
+        (
+            "degenerate_face.json",
+            one(
+                r#"{"face": "FACES/face_coffee.png", "position": [30, 30], "face_keypoints": [[1, 1], [1, 1], [1, 1], [1, 1], [1, 1]]}"#,
+            ),
+            "face_keypoints",
+        ),
+    ];
+
+    let mut cases: Vec<(Vec<String>, String)> = Vec::new();
+    let base = |layout: &Path, extra: &[&str]| {
+        let mut args: Vec<String> = ["generate", "--layout", s(layout), "--prompt", "x"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        if !extra.contains(&"--steps") {
+            args.extend(["--steps".to_string(), "2".to_string()]);
+        }
+        if !extra.contains(&"--out") {
+            args.extend(["--out".to_string(), s(&png).to_string()]);
+        }
+        args
+    };
+    for (name, json, message) in &layouts {
+        let path = write_layout(d, name, json);
+        cases.push((base(&path, &[]), message.to_string()));
+    }
+    let flag_cases: [(&[&str], &str); 8] = [
+        (&["--steps", "0"], "--steps: 0 is not between 1 and 1000"),
+        (&["--steps", "1001"], "--steps: 1001"),
+        (&["--guidance", "-1"], "--guidance: -1"),
+        (
+            &["--id-injection-ratio", "1.5"],
+            "--id-injection-ratio: 1.5 is not in [0, 1]",
+        ),
+        (&["--id-injection-ratio", "-0.1"], "--id-injection-ratio"),
+        (
+            &["--scheduler", "lms"],
+            "--scheduler: unknown scheduler \"lms\"",
+        ),
+        (
+            &["--init-noise", "tests/data/pipeline/latents.npy"],
+            "--init-noise: expected float32 [1, 4, 8, 8]",
+        ),
+        (
+            &["--out", "/no/such/dir/out.png"],
+            "--out: cannot write /no/such/dir/out.png",
+        ),
+    ];
+    for (extra, message) in flag_cases {
+        cases.push((base(&good, extra), message.to_string()));
+    }
+    // A model set missing a graph file.
+    let broken = d.join("broken_set");
+    std::fs::create_dir(&broken).unwrap();
+    for entry in std::fs::read_dir(tiny_dir()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() && entry.file_name() != "unet.onnx" {
+            std::fs::copy(entry.path(), broken.join(entry.file_name())).unwrap();
+        }
+    }
+    cases.push((
+        base(&good, &["--models", s(&broken)]),
+        "graph unet: file unet.onnx is missing".to_string(),
+    ));
+
+    for (args, message) in cases {
+        let out = run_strings(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&message),
+            "{args:?}: stderr {stderr:?} lacks {message:?}"
+        );
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: not one line: {stderr:?}"
+        );
+        assert!(!png.exists(), "{args:?}: output written despite the error");
+    }
+    // Nothing else (temporary files) was left in the output folder.
+    let left: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn non_finite_values_stop_the_run_naming_step_and_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("out.png");
+    // Finite noise that overflows to infinity once scaled by the initial sigma (about 14.6).
+    let noise_path = dir.path().join("huge.npy");
+    let huge = idpatch::Tensor::from_f32(vec![1, 4, 8, 12], vec![3e38; 4 * 8 * 12]).unwrap();
+    npy::write(&noise_path, &huge).unwrap();
+    let layout = data_dir().join("layout.json");
+    let out = idpatch(&[
+        "generate",
+        "--layout",
+        s(&layout),
+        "--prompt",
+        "x",
+        "--steps",
+        "2",
+        "--init-noise",
+        s(&noise_path),
+        "--out",
+        s(&png),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("graph controlnet: NaN or infinity"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("at step 0 of 2"), "{stderr}");
+    assert!(!png.exists());
+}
