@@ -4,6 +4,7 @@
 //! through a [`backend::Backend`]; everything between them is computed here.
 
 pub mod backend;
+pub mod bench;
 pub mod error;
 pub mod fsutil;
 pub mod manifest;
@@ -12,6 +13,8 @@ pub mod scheduler;
 pub mod tensor;
 pub mod validate;
 
+#[cfg(feature = "ort")]
+pub use backend::ort::OrtBackend;
 #[cfg(feature = "tract")]
 pub use backend::tract::TractBackend;
 

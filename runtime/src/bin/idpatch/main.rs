@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod backend_args;
+mod bench;
 mod schedule;
 mod validate;
 
@@ -23,6 +25,8 @@ struct Cli {
 enum Command {
     /// Run every graph of a set on its golden inputs and compare with the PyTorch outputs.
     Validate(validate::Args),
+    /// Time each graph of a set on a backend (median and p90 of warm runs), or compare two.
+    Bench(bench::Args),
     /// Print a scheduler's timesteps, sigmas and initial noise scale for a step count.
     Schedule(schedule::Args),
 }
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Schedule(args) => schedule::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,
