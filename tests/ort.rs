@@ -73,6 +73,7 @@ fn run_to_host(graph: &mut dyn Graph, inputs: &[(String, Value)]) -> Vec<Tensor>
 }
 
 /// max |a - b| / max |b|.
+#[cfg(feature = "tract")]
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.shape(), b.shape());
     let (a, b) = (a.to_f32_vec(), b.to_f32_vec());
@@ -356,14 +357,12 @@ fn auto_says_which_provider_it_got() {
     );
 }
 
+#[cfg(feature = "tract")]
 #[test]
 fn bench_compares_tract_and_ort_cpu() {
     let Some(lib) = ort_lib("bench_compares_tract_and_ort_cpu") else {
         return;
     };
-    if !cfg!(feature = "tract") {
-        return;
-    }
     let (code, stdout, stderr) = idpatch(&[
         "bench",
         "--models",
