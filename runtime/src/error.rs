@@ -11,12 +11,12 @@ pub enum Error {
     #[error("{input}: {reason}")]
     InvalidInput { input: String, reason: String },
 
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    /// A file could not be read or written. The cause is part of the message (not a separate
+    /// `source`), so a chained report prints it once.
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// A model set is unusable: missing or corrupted file, checksum or IO spec mismatch.
@@ -36,10 +36,10 @@ impl Error {
         }
     }
 
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 

@@ -5,12 +5,18 @@
 
 pub mod backend;
 pub mod bench;
+pub mod condition;
 pub mod error;
+pub mod face;
 pub mod fsutil;
+pub mod image_io;
+pub mod layout;
 pub mod manifest;
 pub mod npy;
 pub mod scheduler;
+pub mod splice;
 pub mod tensor;
+pub mod tokenizer;
 pub mod validate;
 
 #[cfg(feature = "ort")]

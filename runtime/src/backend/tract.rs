@@ -9,8 +9,8 @@ use std::sync::Arc;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_shape_proto::dimension;
 use tract_onnx::prelude::{
-    self as tp, DatumType, Framework, InferenceFact, InferenceModelExt, IntoTensor, TValue,
-    TypedRunnableModel,
+    self as tp, DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTensor,
+    TValue, TypedRunnableModel,
 };
 
 use super::{check_run_inputs, Backend, Graph, GraphIo, Value};
@@ -192,18 +192,24 @@ fn to_tract(t: &Tensor) -> tp::TractResult<tp::Tensor> {
 fn from_tract(v: &tp::Tensor) -> tp::TractResult<Tensor> {
     let shape = v.shape().to_vec();
     let data = match v.datum_type() {
-        DatumType::F32 => TensorData::F32(v.as_slice::<f32>()?.to_vec()),
+        DatumType::F32 => {
+            TensorData::F32(v.to_plain_array_view::<f32>()?.iter().copied().collect())
+        }
         DatumType::F16 => TensorData::F16(
-            v.as_slice::<tp::f16>()?
+            v.to_plain_array_view::<tp::f16>()?
                 .iter()
                 .map(|x| half::f16::from_bits(x.to_bits()))
                 .collect(),
         ),
-        DatumType::I64 => TensorData::I64(v.as_slice::<i64>()?.to_vec()),
-        DatumType::I32 => TensorData::I32(v.as_slice::<i32>()?.to_vec()),
-        other => tp::bail!("unsupported output type {other:?}"),
+        DatumType::I64 => {
+            TensorData::I64(v.to_plain_array_view::<i64>()?.iter().copied().collect())
+        }
+        DatumType::I32 => {
+            TensorData::I32(v.to_plain_array_view::<i32>()?.iter().copied().collect())
+        }
+        other => anyhow::bail!("unsupported output type {other:?}"),
     };
-    Tensor::new(shape, data).map_err(|e| tp::format_err!("{e}"))
+    Tensor::new(shape, data).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// The graph's declared inputs (initializers excluded) and outputs.

@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 
 mod backend_args;
 mod bench;
+mod condition;
 mod schedule;
+mod tokenize;
 mod validate;
 
 #[derive(Parser)]
@@ -23,12 +25,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Render the ControlNet condition image (pose skeleton plus ID patches) of a layout.
+    Condition(condition::Args),
     /// Run every graph of a set on its golden inputs and compare with the PyTorch outputs.
     Validate(validate::Args),
     /// Time each graph of a set on a backend (median and p90 of warm runs), or compare two.
     Bench(bench::Args),
     /// Print a scheduler's timesteps, sigmas and initial noise scale for a step count.
     Schedule(schedule::Args),
+    /// Print the token ids both SDXL tokenizers give a prompt.
+    Tokenize(tokenize::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,9 +46,11 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Condition(args) => condition::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Schedule(args) => schedule::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Tokenize(args) => tokenize::run(args),
     };
     match result {
         Ok(code) => code,

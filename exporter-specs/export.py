@@ -1,0 +1,787 @@
+#!/usr/bin/env python3
+"""Export the ID-Patch graph set (PyTorch -> ONNX) and write its manifest.
+
+Examples:
+  python exporter-specs/export.py --random --size tiny --seed 0 --golden --out models/tiny
+  python exporter-specs/export.py --from-pretrained --sdxl SDXL_DIR --controlnet ID-Patch/ControlNetModel \
+      --id-patch ID-Patch/id-patch.bin --arcface recognition_arcface_ir_se50.pth --precision fp16 --out OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pathlib
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+SPECS = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(SPECS))
+
+from fusable_attention import FusableAttnProcessor  # noqa: E402
+from idpatch_models import ArcFaceIrSe, Resampler, resampler_state_from_diffusers  # noqa: E402
+
+GRAPH_ORDER = ["text_encoder", "text_encoder_2", "unet", "controlnet", "vae_decoder", "arcface", "patch_proj", "prompt_proj"]
+OPSET = 17
+# protobuf cannot hold a model over 2 GiB; stay clear of the limit.
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+FUSED_OP_TYPES = [
+    "MultiHeadAttention", "Attention", "GroupNorm", "SkipGroupNorm", "BiasSplitGelu", "BiasAdd", "NhwcConv",
+    "SkipLayerNormalization", "LayerNormalization", "BiasGelu", "FastGelu", "Gelu",
+]
+
+SDXL_SCHEDULER = {
+    "_class_name": "EulerDiscreteScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "interpolation_type": "linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "sample_max_value": 1.0,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+    "use_karras_sigmas": False,
+}
+
+
+# ---------------------------------------------------------------- graph wrappers
+
+
+class TextEncoderGraph(nn.Module):
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids):
+        out = self.encoder(input_ids=input_ids, output_hidden_states=True)
+        return out.hidden_states[-2]
+
+
+class TextEncoder2Graph(nn.Module):
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids):
+        out = self.encoder(input_ids=input_ids, output_hidden_states=True)
+        return out.hidden_states[-2], out.text_embeds
+
+
+class UNetGraph(nn.Module):
+    def __init__(self, unet, down_residuals: int):
+        super().__init__()
+        self.unet = unet
+        self.down_residuals = down_residuals
+
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids, *residuals):
+        down, mid = residuals[: self.down_residuals], residuals[self.down_residuals]
+        return self.unet(
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+            down_block_additional_residuals=list(down),
+            mid_block_additional_residual=mid,
+            return_dict=False,
+        )[0]
+
+
+class ControlNetGraph(nn.Module):
+    def __init__(self, controlnet):
+        super().__init__()
+        self.controlnet = controlnet
+
+    def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids, controlnet_cond, conditioning_scale):
+        down, mid = self.controlnet(
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            controlnet_cond=controlnet_cond,
+            conditioning_scale=conditioning_scale,
+            added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids},
+            guess_mode=False,
+            return_dict=False,
+        )
+        return (*down, mid)
+
+
+class VaeDecoderGraph(nn.Module):
+    """post_quant_conv + decoder of AutoencoderKL; input already divided by the scaling factor."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.post_quant_conv = vae.post_quant_conv
+        self.decoder = vae.decoder
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.latent_channels = int(vae.config.latent_channels)
+
+    def forward(self, latent):
+        if self.post_quant_conv is not None:
+            latent = self.post_quant_conv(latent)
+        return self.decoder(latent)
+
+
+class PatchProjGraph(nn.Module):
+    def __init__(self, resampler: Resampler, patch_size: int):
+        super().__init__()
+        self.resampler = resampler
+        self.patch_size = patch_size
+
+    def forward(self, id_embeds):
+        patches = self.resampler(id_embeds)
+        # Query c becomes channel c; the 4096 vector is a row-major 64x64 patch.
+        return patches.reshape(patches.shape[0], patches.shape[1], self.patch_size, self.patch_size)
+
+
+# ---------------------------------------------------------------- building models
+
+
+def build_text_encoders(params: dict):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def make(cls, cfg):
+        config = CLIPTextConfig(**cfg)
+        config._attn_implementation = "eager"
+        return cls(config)
+
+    return make(CLIPTextModel, params["text_encoder"]), make(CLIPTextModelWithProjection, params["text_encoder_2"])
+
+
+def build_unet(params: dict):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**params["unet"])
+
+
+def build_controlnet(params: dict, unet):
+    from diffusers import ControlNetModel
+
+    return ControlNetModel.from_unet(
+        unet,
+        conditioning_embedding_out_channels=tuple(params["controlnet"]["conditioning_embedding_out_channels"]),
+        load_weights_from_unet=False,
+    )
+
+
+def build_vae(params: dict):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**params["vae"])
+
+
+def build_arcface(params: dict):
+    cfg = dict(params["arcface"])
+    cfg["stage_channels"] = tuple(cfg["stage_channels"])
+    cfg["stage_units"] = tuple(cfg["stage_units"])
+    return ArcFaceIrSe(**cfg)
+
+
+def perturb_trivial_parameters(module: nn.Module, generator: torch.Generator) -> None:
+    """Give zero- or one-initialised tensors (zero convs, biases, norm affines, BN statistics)
+    random values so that no output of a random tiny graph is trivially zero or insensitive."""
+    with torch.no_grad():
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            if not tensor.is_floating_point() or tensor.numel() == 0:
+                continue
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            elif bool((tensor == 0).all()):
+                if tensor.ndim >= 2:
+                    fan_in = tensor[0].numel()
+                    tensor.copy_(torch.randn(tensor.shape, generator=generator) / fan_in**0.5)
+                else:
+                    tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
+            elif bool((tensor == 1).all()):
+                tensor.copy_(1 + torch.randn(tensor.shape, generator=generator) * 0.1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def build_graph_modules(args, params: dict, wanted: list[str]) -> dict[str, nn.Module]:
+    """Graph name -> eval-mode wrapper module holding the weights."""
+    cfg = params["config"]
+    modules: dict[str, nn.Module] = {}
+    need_unet = "unet" in wanted or "controlnet" in wanted
+    pretrained = args.from_pretrained
+
+    if pretrained:
+        from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    if "text_encoder" in wanted or "text_encoder_2" in wanted:
+        if pretrained:
+            te1 = CLIPTextModel.from_pretrained(args.sdxl, subfolder="text_encoder", attn_implementation="eager")
+            te2 = CLIPTextModelWithProjection.from_pretrained(
+                args.sdxl, subfolder="text_encoder_2", attn_implementation="eager"
+            )
+        else:
+            te1, te2 = build_text_encoders(params)
+        modules["text_encoder"] = TextEncoderGraph(te1)
+        modules["text_encoder_2"] = TextEncoder2Graph(te2)
+    unet = None
+    if need_unet:
+        unet = UNet2DConditionModel.from_pretrained(args.sdxl, subfolder="unet") if pretrained else build_unet(params)
+        modules["unet"] = UNetGraph(unet, cfg["down_residuals"])
+    if "controlnet" in wanted:
+        controlnet = ControlNetModel.from_pretrained(args.controlnet) if pretrained else build_controlnet(params, unet)
+        modules["controlnet"] = ControlNetGraph(controlnet)
+    if "vae_decoder" in wanted:
+        vae = AutoencoderKL.from_pretrained(args.sdxl, subfolder="vae") if pretrained else build_vae(params)
+        modules["vae_decoder"] = VaeDecoderGraph(vae)
+    if "arcface" in wanted:
+        arcface = build_arcface(params)
+        if pretrained:
+            state = torch.load(args.arcface, map_location="cpu", weights_only=True)
+            arcface.load_state_dict(state, strict=True)
+        modules["arcface"] = arcface
+    for name in ("patch_proj", "prompt_proj"):
+        if name not in wanted:
+            continue
+        if pretrained:
+            state = torch.load(args.id_patch, map_location="cpu", weights_only=True)[name]
+            state = resampler_state_from_diffusers(state)
+            resampler = Resampler(**Resampler.config_from_state_dict(state))
+            resampler.load_state_dict(state, strict=True)
+        else:
+            resampler = Resampler(**params[name])
+        modules[name] = PatchProjGraph(resampler, cfg["patch_size"]) if name == "patch_proj" else resampler
+
+    for name, module in modules.items():
+        module.eval()
+        if name in ("unet", "controlnet"):
+            inner = module.unet if name == "unet" else module.controlnet
+            inner.set_attn_processor(FusableAttnProcessor())
+        if name == "vae_decoder":
+            # The mid-block attention: same explicit formulation, avoids SDPA lowering issues.
+            for sub in module.modules():
+                if hasattr(sub, "set_processor"):
+                    sub.set_processor(FusableAttnProcessor())
+    if args.random and args.size == "tiny":
+        generator = torch.Generator().manual_seed(args.seed + 1)
+        for name in GRAPH_ORDER:
+            if name in modules:
+                perturb_trivial_parameters(modules[name], generator)
+    return {name: modules[name] for name in wanted}
+
+
+def config_from_models(params: dict, modules: dict[str, nn.Module], previous: dict | None = None) -> dict:
+    """The manifest's config section; for pretrained sets, read off the loaded models.
+
+    `previous` (the config of the set being extended) supplies what this run's models do not show."""
+    cfg = dict(params["config"])
+    cfg.update(previous or {})
+    if "text_encoder" in modules:
+        cfg["text_dim_1"] = modules["text_encoder"].encoder.config.hidden_size
+    if "text_encoder_2" in modules:
+        cfg["text_dim_2"] = modules["text_encoder_2"].encoder.config.hidden_size
+        cfg["pooled_dim"] = modules["text_encoder_2"].encoder.config.projection_dim
+    if "unet" in modules:
+        cfg["cross_attention_dim"] = modules["unet"].unet.config.cross_attention_dim
+    if "vae_decoder" in modules:
+        cfg["vae_scaling_factor"] = modules["vae_decoder"].scaling_factor
+        cfg["latent_channels"] = modules["vae_decoder"].latent_channels
+    if "prompt_proj" in modules:
+        cfg["id_tokens_per_face"] = modules["prompt_proj"].latents.shape[1]
+    return cfg
+
+
+# ---------------------------------------------------------------- IO specs
+
+
+def residual_layout(unet_config) -> list[tuple[int, int]]:
+    """(channels, stride) of each ControlNet down residual, in the UNet's skip order, then the mid one."""
+    channels = list(unet_config.block_out_channels)
+    layout = [(channels[0], 1)]
+    stride = 1
+    for index, width in enumerate(channels):
+        for _ in range(unet_config.layers_per_block):
+            layout.append((width, stride))
+        if index < len(channels) - 1:
+            stride *= 2
+            layout.append((width, stride))
+    layout.append((channels[-1], stride))
+    return layout
+
+
+def strided_axis(name: str, stride: int) -> str:
+    return name if stride == 1 else f"{name}_{stride}"
+
+
+def resolve_specs(graphs_json: dict, cfg: dict, layout: list[tuple[int, int]], precision: str) -> dict:
+    float_dtype = "float16" if precision == "fp16" else "float32"
+
+    def resolve_tensor(entry: dict, index: int | None, channels: int | None, stride: int | None) -> dict:
+        shape = []
+        for dim in entry["shape"]:
+            if isinstance(dim, int):
+                shape.append(dim)
+            elif dim.startswith("$residual_channels") or dim == "$mid_channels":
+                shape.append(channels)
+            elif dim.startswith("$"):
+                shape.append(int(cfg[dim[1:]]))
+            elif "{stride" in dim:
+                shape.append(strided_axis(dim.split("{")[0], stride))
+            else:
+                shape.append(dim)
+        name = entry["name"].replace("{i}", str(index)) if index is not None else entry["name"]
+        dtype = float_dtype if entry["dtype"] == "float" else entry["dtype"]
+        return {"name": name, "dtype": dtype, "shape": shape}
+
+    def expand(entries: list[dict]) -> list[dict]:
+        out = []
+        for entry in entries:
+            if "{i}" in entry["name"]:
+                for i in range(cfg["down_residuals"]):
+                    channels, stride = layout[i]
+                    out.append(resolve_tensor(entry, i, channels, stride))
+            elif entry["name"] == "mid_residual":
+                channels, stride = layout[-1]
+                out.append(resolve_tensor(entry, None, channels, stride))
+            else:
+                out.append(resolve_tensor(entry, None, None, None))
+        return out
+
+    return {
+        name: {"inputs": expand(spec["inputs"]), "outputs": expand(spec["outputs"])}
+        for name, spec in graphs_json["graphs"].items()
+    }
+
+
+def dynamic_axes_of(spec: dict) -> dict:
+    axes = {}
+    for tensor in spec["inputs"] + spec["outputs"]:
+        dynamic = {i: d for i, d in enumerate(tensor["shape"]) if isinstance(d, str)}
+        if dynamic:
+            axes[tensor["name"]] = dynamic
+    return axes
+
+
+# ---------------------------------------------------------------- golden inputs
+
+
+def golden_inputs(name: str, spec: dict, cfg: dict, seed: int, dims: dict) -> dict[str, np.ndarray]:
+    """Deterministic, non-trivial inputs for one graph (fp32 / int64)."""
+    rng = np.random.default_rng([seed, GRAPH_ORDER.index(name)])
+    out = {}
+    for tensor in spec["inputs"]:
+        shape = [d if isinstance(d, int) else dims[d] for d in tensor["shape"]]
+        tname = tensor["name"]
+        if tname == "input_ids":
+            ids = np.full(shape, 49407 if name == "text_encoder" else 0, dtype=np.int64)
+            for row in range(shape[0]):
+                length = [5, 20, 40, 75][row % 4]
+                ids[row, 0] = 49406
+                ids[row, 1 : 1 + length] = rng.integers(0, 49406, size=length)
+                ids[row, 1 + length] = 49407
+            out[tname] = ids
+        elif tname == "timestep":
+            out[tname] = np.array([999.0, 261.0, 500.0, 21.0][: shape[0]], dtype=np.float32)
+        elif tname == "time_ids":
+            height, width = dims["image_height"], dims["image_width"]
+            out[tname] = np.tile(np.array([height, width, 0, 0, height, width], dtype=np.float32), (shape[0], 1))
+        elif tname == "conditioning_scale":
+            out[tname] = np.array([0.8], dtype=np.float32)
+        elif tname == "controlnet_cond":
+            out[tname] = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
+        elif tname == "face":
+            out[tname] = rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
+        elif tname == "id_embeds":
+            x = rng.standard_normal(shape)
+            out[tname] = (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+        elif tname.endswith("residual") or tname.startswith("down_residual"):
+            out[tname] = (0.5 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            out[tname] = rng.standard_normal(shape).astype(np.float32)
+    return out
+
+
+def golden_dims(cfg: dict, batch: int, latent: int, faces: int) -> dict:
+    dims = {"batch": batch, "faces": faces, "sequence": cfg["text_len"] + cfg["id_tokens_per_face"] * faces}
+    dims["image_height"] = dims["image_width"] = latent * cfg["vae_scale_factor"]
+    for stride in (1, 2, 4, 8):
+        dims[strided_axis("latent_height", stride)] = latent // stride
+        dims[strided_axis("latent_width", stride)] = latent // stride
+    return dims
+
+
+def run_torch(module: nn.Module, spec: dict, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    args = [torch.from_numpy(inputs[t["name"]]) for t in spec["inputs"]]
+    with torch.no_grad():
+        result = module(*args)
+    if isinstance(result, torch.Tensor):
+        result = (result,)
+    return {t["name"]: r.float().numpy() for t, r in zip(spec["outputs"], result)}
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_graph(name: str, module: nn.Module, spec: dict, example: dict[str, np.ndarray], path: pathlib.Path) -> None:
+    """Legacy TorchScript exporter, opset 17, FP32; one external data file when over the protobuf limit."""
+    import onnx
+
+    args = tuple(torch.from_numpy(example[t["name"]]) for t in spec["inputs"])
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        raw = pathlib.Path(scratch) / f"{name}.onnx"
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                args,
+                str(raw),
+                input_names=[t["name"] for t in spec["inputs"]],
+                output_names=[t["name"] for t in spec["outputs"]],
+                dynamic_axes=dynamic_axes_of(spec),
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        model = onnx.load(str(raw), load_external_data=True)
+        stamp_io_shapes(model, spec)
+        save_model(model, path)
+
+
+def stamp_io_shapes(model, spec: dict) -> None:
+    """Write the spec's dims onto the graph's inputs and outputs: the tracer leaves some static
+    dims (e.g. the 77 text tokens, the 16 ID tokens) as anonymous symbols."""
+    by_name = {t["name"]: t for t in spec["inputs"] + spec["outputs"]}
+    for value in list(model.graph.input) + list(model.graph.output):
+        wanted = by_name[value.name]["shape"]
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(wanted):
+            raise RuntimeError(f"{value.name}: exported rank {len(dims)}, spec rank {len(wanted)}")
+        for dim, size in zip(dims, wanted):
+            if isinstance(size, int):
+                if dim.HasField("dim_value") and dim.dim_value != size:
+                    raise RuntimeError(f"{value.name}: exported dim {dim.dim_value}, spec {size}")
+                dim.dim_value = size
+            else:
+                dim.dim_param = size
+
+
+def needs_external_data(model) -> bool:
+    """True past the protobuf limit (where ByteSize itself may fail to serialise)."""
+    try:
+        return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    except Exception:  # protobuf raises EncodeError beyond 2 GiB
+        return True
+
+
+def save_model(model, path: pathlib.Path) -> None:
+    import onnx
+
+    data = path.with_name(path.name + ".data")
+    for stale in (path, data):
+        if stale.exists():
+            stale.unlink()
+    if needs_external_data(model):
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
+    else:
+        onnx.save_model(model, str(path))
+
+
+def constants_to_initializers(model) -> None:
+    """Turn Constant nodes into initializers so the FP16 converter keeps Resize scales/sizes FP32
+    (it casts initializers by consumer, but rewrites every floating Constant node)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = numpy_helper.from_array(numpy_helper.to_array(node.attribute[0].t), node.output[0])
+            graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def convert_fp16(path: pathlib.Path, keep_io_types: bool = False) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(path), load_external_data=True)
+    constants_to_initializers(model)
+    model = convert_float_to_float16(model, keep_io_types=keep_io_types, disable_shape_infer=needs_external_data(model))
+    save_model(model, path)
+
+
+def optimize_for_cuda(path: pathlib.Path, precision: str) -> dict[str, int]:
+    """Rewrite a UNet/ControlNet graph with ONNX Runtime's fused CUDA operators; returns fused op counts.
+
+    The optimizer runs on the FP32 graph (it fails on the FP16 legacy export); FP16 conversion, when
+    requested, comes after it with Constant nodes turned into initializers first.
+    """
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("unet")
+    model = optimize_model(
+        str(path), model_type="unet", num_heads=0, hidden_size=0, opt_level=0, use_gpu=True, optimization_options=options
+    )
+    onnx_model = model.model
+    if any(node.domain == "com.microsoft" for node in onnx_model.graph.node) and not any(
+        opset.domain == "com.microsoft" for opset in onnx_model.opset_import
+    ):
+        onnx_model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    if precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        constants_to_initializers(onnx_model)
+        onnx_model = convert_float_to_float16(
+            onnx_model, keep_io_types=False, disable_shape_infer=needs_external_data(onnx_model)
+        )
+    save_model(onnx_model, path)
+    # The checker reads the file so that graphs with external data work too.
+    onnx.checker.check_model(str(path))
+    counts: dict[str, int] = {}
+    for node in onnx_model.graph.node:
+        if node.op_type in FUSED_OP_TYPES:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+# ---------------------------------------------------------------- checking
+
+
+def check_with_onnxruntime(path: pathlib.Path, inputs: dict[str, np.ndarray], expected: dict[str, np.ndarray], precision: str):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {}
+    for meta in session.get_inputs():
+        value = inputs[meta.name]
+        if meta.type == "tensor(float16)":
+            value = value.astype(np.float16)
+        feed[meta.name] = value
+    names = [o.name for o in session.get_outputs()]
+    results = dict(zip(names, session.run(names, feed)))
+    worst_abs, worst_rel = 0.0, 0.0
+    for name, reference in expected.items():
+        got = results[name].astype(np.float32)
+        if got.shape != reference.shape:
+            raise RuntimeError(f"{path.name}: output {name} has shape {got.shape}, PyTorch gave {reference.shape}")
+        error = float(np.abs(got - reference).max())
+        scale = float(np.abs(reference).max())
+        worst_abs = max(worst_abs, error)
+        worst_rel = max(worst_rel, error / max(scale, 1e-12))
+    return worst_abs, worst_rel
+
+
+def sha256_of(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_tokenizers(out: pathlib.Path) -> dict:
+    from clip_vocab import write_vocab
+
+    folder = out / "tokenizer"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_vocab(folder)
+    return {
+        "tokenizer": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "pad_token_id": 49407},
+        "tokenizer_2": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "pad_token_id": 0},
+    }
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--random", action="store_true", help="random weights of the --size architecture")
+    source.add_argument("--from-pretrained", action="store_true", help="load released weights (paths below)")
+    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sdxl", help="diffusers SDXL folder (unet, vae, text_encoder, text_encoder_2, scheduler)")
+    parser.add_argument("--controlnet", help="ID-Patch ControlNetModel folder")
+    parser.add_argument("--id-patch", help="id-patch.bin holding patch_proj and prompt_proj")
+    parser.add_argument("--arcface", help="IR-SE50 checkpoint (facexlib recognition_arcface_ir_se50.pth)")
+    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    parser.add_argument("--graphs", default=",".join(GRAPH_ORDER), help="comma-separated subset")
+    parser.add_argument("--out", required=True, type=pathlib.Path)
+    parser.add_argument("--name", help="set name in the manifest (default: the output folder's name)")
+    parser.add_argument("--golden", action="store_true", help="write golden inputs/outputs under OUT/golden")
+    parser.add_argument("--golden-batch", type=int, default=2)
+    parser.add_argument("--golden-latent", type=int, default=8, help="latent side of golden inputs")
+    parser.add_argument("--golden-faces", type=int, default=3)
+    parser.add_argument("--optimize", choices=["none", "cuda"], default="none",
+                        help="cuda: fuse unet/controlnet with ONNX Runtime's transformer optimizer (CUDA-only ops)")
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    args = parser.parse_args(argv)
+    if args.from_pretrained:
+        args.size = "full"
+    args.graphs = [g for g in args.graphs.split(",") if g]
+    unknown = [g for g in args.graphs if g not in GRAPH_ORDER]
+    if unknown:
+        parser.error(f"--graphs: unknown graph(s) {unknown}; known: {GRAPH_ORDER}")
+    if args.from_pretrained:
+        needs = {"sdxl": {"text_encoder", "text_encoder_2", "unet", "controlnet", "vae_decoder"},
+                 "controlnet": {"controlnet"}, "id_patch": {"patch_proj", "prompt_proj"}, "arcface": {"arcface"}}
+        for option, graphs in needs.items():
+            if graphs & set(args.graphs) and not getattr(args, option):
+                parser.error(f"--{option.replace('_', '-')} is required for graphs {sorted(graphs & set(args.graphs))}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    params = json.loads((SPECS / "sizes.json").read_text())[args.size]
+    graphs_json = json.loads((SPECS / "graphs.json").read_text())
+    out: pathlib.Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    started = time.time()
+    need = list(args.graphs)
+    if "controlnet" in need and "unet" not in need:
+        need_build = need + ["unet"]
+    else:
+        need_build = need
+    modules = build_graph_modules(args, params, [g for g in GRAPH_ORDER if g in need_build])
+    print(f"built models in {time.time() - started:.1f} s", flush=True)
+    # A run with --graphs extends the set's manifest when it is of the same size and source kind.
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    kind = "pretrained" if args.from_pretrained else "random"
+    if manifest and (manifest.get("size") != args.size or manifest.get("source", {}).get("kind") != kind):
+        print(f"warning: {manifest_path} is of another size or source; starting a new manifest", flush=True)
+        manifest = {}
+    cfg = config_from_models(params, modules, manifest.get("config"))
+    unet_config = (modules.get("unet").unet.config if "unet" in modules else None)
+    if unet_config is None:
+        from types import SimpleNamespace
+
+        unet_config = SimpleNamespace(**params["unet"])
+    layout = residual_layout(unet_config)
+    if len(layout) != cfg["down_residuals"] + 1:
+        raise RuntimeError(f"UNet has {len(layout) - 1} down residuals, config says {cfg['down_residuals']}")
+    specs = resolve_specs(graphs_json, cfg, layout, args.precision)
+    dims = golden_dims(cfg, args.golden_batch, args.golden_latent, args.golden_faces)
+
+    entries = manifest.get("graphs", {})
+    failures = []
+    for name in args.graphs:
+        module, spec = modules[name], specs[name]
+        t0 = time.time()
+        inputs = golden_inputs(name, spec, cfg, args.seed, dims)
+        expected = run_torch(module, spec, inputs)
+        path = out / f"{name}.onnx"
+        export_graph(name, module, spec, inputs, path)
+        graph_precision = args.precision
+        fused = None
+        if args.optimize == "cuda" and name in ("unet", "controlnet"):
+            fused = optimize_for_cuda(path, graph_precision)
+        elif args.precision == "fp16":
+            if name == "vae_decoder":
+                # The SDXL VAE overflows in FP16; keep it FP32 in an FP16 set.
+                graph_precision = "fp32"
+            else:
+                convert_fp16(path)
+        graph_spec = resolve_specs(graphs_json, cfg, layout, graph_precision)[name]
+        entry = {
+            "file": path.name,
+            "sha256": sha256_of(path),
+            "external_data": [],
+            "precision": graph_precision,
+            "opset": OPSET,
+            "parameters": count_parameters(module),
+            "inputs": graph_spec["inputs"],
+            "outputs": graph_spec["outputs"],
+        }
+        data = path.with_name(path.name + ".data")
+        if data.exists():
+            entry["external_data"] = [{"file": data.name, "sha256": sha256_of(data)}]
+        if fused is not None:
+            entry["fused_ops"] = fused
+            entry["requires"] = "onnxruntime CUDA execution provider (com.microsoft fused operators)"
+        if args.golden:
+            folder = out / "golden" / name
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            for tname, value in inputs.items():
+                np.save(folder / f"input.{tname}.npy", value)
+            for tname, value in expected.items():
+                np.save(folder / f"output.{tname}.npy", value)
+            entry["golden"] = f"golden/{name}"
+        if not args.no_check and fused is None:
+            err_abs, err_rel = check_with_onnxruntime(path, inputs, expected, graph_precision)
+            tolerance = 1e-4 if graph_precision == "fp32" else 2e-2
+            verdict = "ok" if err_rel <= tolerance else "FAIL"
+            if verdict == "FAIL":
+                failures.append(name)
+            entry_note = f"max abs err {err_abs:.3e} (relative to output scale {err_rel:.3e}, limit {tolerance:g}) {verdict}"
+        else:
+            entry_note = "not checked (fused CUDA-only operators)" if fused is not None else "not checked"
+        size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+        print(f"{name}: {entry['parameters']:,} parameters, {size / 1e6:.2f} MB, {time.time() - t0:.1f} s; {entry_note}", flush=True)
+        if fused is not None:
+            print(f"{name}: fused operators {fused}", flush=True)
+        entries[name] = entry
+
+    try:
+        tokenizers = write_tokenizers(out)
+    except ImportError as error:
+        print(f"warning: tokenizer files not written ({error})", flush=True)
+        tokenizers = manifest.get("tokenizers")
+    scheduler = manifest.get("scheduler") or dict(SDXL_SCHEDULER)
+    if args.from_pretrained and args.sdxl:
+        scheduler_file = pathlib.Path(args.sdxl) / "scheduler" / "scheduler_config.json"
+        if scheduler_file.exists():
+            scheduler = json.loads(scheduler_file.read_text())
+    import diffusers
+    import onnx
+    import transformers
+
+    manifest = {
+        "format": 1,
+        "name": args.name or out.name,
+        "size": args.size,
+        "precision": args.precision,
+        "source": {
+            "kind": kind,
+            "seed": args.seed,
+            "torch": torch.__version__.split("+")[0],
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "onnx": onnx.__version__,
+            "exporter": "exporter-specs/export.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        },
+        "config": cfg,
+        "tokenizers": tokenizers,
+        "scheduler": scheduler,
+        "graphs": {name: entries[name] for name in GRAPH_ORDER if name in entries},
+    }
+    if args.precision == "fp16":
+        manifest["notes"] = ["vae_decoder stays fp32: the SDXL VAE overflows in fp16"]
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"wrote {manifest_path} in {time.time() - started:.1f} s", flush=True)
+    if failures:
+        print(f"FAILED: onnxruntime differs from PyTorch for {failures}", flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

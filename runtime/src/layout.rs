@@ -1,0 +1,426 @@
+//! The layout file: output size and, per person, where the face goes (a COCO-17 pose or a bare
+//! position) and which face photo it is.
+//!
+//! ```json
+//! {"width": 896, "height": 1152, "people": [
+//!   {"face": "alice.jpg", "keypoints": [[x, y, score], ... 17 entries]},
+//!   {"face": "bob.jpg", "position": [x, y], "face_keypoints": [[x, y], ... 5 entries]}
+//! ]}
+//! ```
+//!
+//! Faces bind to people in file order (the first face is the first person's). Each person has
+//! exactly one of `keypoints` (a pose: the skeleton is drawn and the patch goes on the nose) and
+//! `position` (pose-free: only the patch). `face` paths are relative to the layout file's folder.
+//! `face_keypoints` optionally gives the five face points (left eye, right eye, nose, mouth left,
+//! mouth right) in the face photo's pixels, skipping face detection.
+//!
+//! Coordinates are kept in single precision, as the reference's pose estimator produces them.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::{Error, Result};
+
+/// Most people a layout may hold.
+pub const MAX_PEOPLE: usize = 8;
+/// Largest width or height accepted, in pixels.
+pub const MAX_SIDE: u32 = 8192;
+/// Largest magnitude of any coordinate; keeps the integer rasteriser far from overflow.
+pub const MAX_COORDINATE: f64 = 100_000.0;
+/// COCO-17 keypoints per pose.
+pub const COCO_KEYPOINTS: usize = 17;
+/// Face points per face (left eye, right eye, nose, mouth left, mouth right).
+pub const FACE_POINTS: usize = 5;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub width: u32,
+    pub height: u32,
+    pub people: Vec<Person>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Person {
+    /// Face photo, resolved against the layout file's folder; `None` when patches come from
+    /// elsewhere.
+    pub face: Option<PathBuf>,
+    pub placement: Placement,
+    pub face_keypoints: Option<[[f32; 2]; FACE_POINTS]>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Placement {
+    /// COCO-17 `[x, y, score]` in output pixels.
+    Keypoints([[f32; 3]; COCO_KEYPOINTS]),
+    /// Patch centre in output pixels, no skeleton.
+    Position([f32; 2]),
+}
+
+impl Person {
+    /// Where the person's ID patch is centred: `position`, or the nose (COCO keypoint 0).
+    pub fn centre(&self) -> [f32; 2] {
+        match &self.placement {
+            Placement::Keypoints(k) => [k[0][0], k[0][1]],
+            Placement::Position(p) => *p,
+        }
+    }
+
+    pub fn keypoints(&self) -> Option<&[[f32; 3]; COCO_KEYPOINTS]> {
+        match &self.placement {
+            Placement::Keypoints(k) => Some(k),
+            Placement::Position(_) => None,
+        }
+    }
+}
+
+impl Layout {
+    /// Reads and validates a layout file. With `require_faces`, every person needs a `face`
+    /// naming an existing file.
+    pub fn load(path: &Path, require_faces: bool) -> Result<Layout> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        Self::parse(&text, base, require_faces).map_err(|e| match e {
+            Error::InvalidInput { input, reason } if input == "layout" => {
+                Error::invalid_input(format!("layout {}", path.display()), reason)
+            }
+            other => other,
+        })
+    }
+
+    /// Parses and validates layout JSON; `face` paths are resolved against `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path, require_faces: bool) -> Result<Layout> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::invalid_input("layout", format!("not valid JSON: {e}")))?;
+        let top = value
+            .as_object()
+            .ok_or_else(|| Error::invalid_input("layout", "expected a JSON object"))?;
+        reject_unknown(top, "layout", &["width", "height", "people"])?;
+        let width = side(top, "width")?;
+        let height = side(top, "height")?;
+        let people = top
+            .get("people")
+            .ok_or_else(|| Error::invalid_input("layout", "missing field `people`"))?
+            .as_array()
+            .ok_or_else(|| Error::invalid_input("layout people", "expected an array"))?;
+        if people.is_empty() {
+            return Err(Error::invalid_input(
+                "layout people",
+                "no people: at least 1 is needed",
+            ));
+        }
+        if people.len() > MAX_PEOPLE {
+            return Err(Error::invalid_input(
+                "layout people",
+                format!(
+                    "{} people, at most {MAX_PEOPLE} are supported",
+                    people.len()
+                ),
+            ));
+        }
+        let people = people
+            .iter()
+            .enumerate()
+            .map(|(i, p)| parse_person(p, i, base_dir, require_faces))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Layout {
+            width,
+            height,
+            people,
+        })
+    }
+
+    /// True when no person has a pose (the skeleton image is black).
+    pub fn is_pose_free(&self) -> bool {
+        self.people.iter().all(|p| p.keypoints().is_none())
+    }
+}
+
+fn reject_unknown(object: &Map<String, Value>, name: &str, known: &[&str]) -> Result<()> {
+    match object.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(Error::invalid_input(
+            name,
+            format!(
+                "unknown field `{k}` (expected one of: {})",
+                known.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn side(top: &Map<String, Value>, key: &str) -> Result<u32> {
+    let name = format!("layout {key}");
+    let value = top
+        .get(key)
+        .ok_or_else(|| Error::invalid_input("layout", format!("missing field `{key}`")))?;
+    let n = value.as_u64().ok_or_else(|| {
+        Error::invalid_input(&name, format!("expected a positive integer, got {value}"))
+    })?;
+    if n == 0 || n % 8 != 0 {
+        return Err(Error::invalid_input(
+            &name,
+            format!("{n} is not a positive multiple of 8"),
+        ));
+    }
+    if n > MAX_SIDE as u64 {
+        return Err(Error::invalid_input(
+            &name,
+            format!("{n} exceeds the maximum of {MAX_SIDE}"),
+        ));
+    }
+    Ok(n as u32)
+}
+
+fn parse_person(
+    value: &Value,
+    index: usize,
+    base_dir: &Path,
+    require_faces: bool,
+) -> Result<Person> {
+    let name = format!("layout people[{index}]");
+    let object = value
+        .as_object()
+        .ok_or_else(|| Error::invalid_input(&name, "expected a JSON object"))?;
+    reject_unknown(
+        object,
+        &name,
+        &["face", "keypoints", "position", "face_keypoints"],
+    )?;
+
+    let face = match object.get("face") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(base_dir.join(s)),
+        Some(other) => {
+            return Err(Error::invalid_input(
+                format!("{name}.face"),
+                format!("expected a file path, got {other}"),
+            ))
+        }
+    };
+    if require_faces {
+        match &face {
+            None => {
+                return Err(Error::invalid_input(
+                    format!("{name}.face"),
+                    "missing: every person needs a face photo",
+                ))
+            }
+            Some(path) if !path.is_file() => {
+                return Err(Error::invalid_input(
+                    format!("{name}.face"),
+                    format!("{} does not exist", path.display()),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+
+    let placement = match (object.get("keypoints"), object.get("position")) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid_input(
+                &name,
+                "has both `keypoints` and `position`: give exactly one",
+            ))
+        }
+        (None, None) => {
+            return Err(Error::invalid_input(
+                &name,
+                "has neither `keypoints` nor `position`: give exactly one",
+            ))
+        }
+        (Some(k), None) => {
+            let rows = points::<3>(
+                k,
+                &format!("{name}.keypoints"),
+                COCO_KEYPOINTS,
+                "[x, y, score]",
+            )?;
+            Placement::Keypoints(rows.try_into().expect("length checked"))
+        }
+        (None, Some(p)) => {
+            Placement::Position(point::<2>(p, &format!("{name}.position"), "[x, y]")?)
+        }
+    };
+
+    let face_keypoints = match object.get("face_keypoints") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let rows = points::<2>(v, &format!("{name}.face_keypoints"), FACE_POINTS, "[x, y]")?;
+            Some(rows.try_into().expect("length checked"))
+        }
+    };
+    Ok(Person {
+        face,
+        placement,
+        face_keypoints,
+    })
+}
+
+/// An array of `count` points of `N` finite numbers each.
+fn points<const N: usize>(
+    value: &Value,
+    name: &str,
+    count: usize,
+    form: &str,
+) -> Result<Vec<[f32; N]>> {
+    let rows = value.as_array().ok_or_else(|| {
+        Error::invalid_input(name, format!("expected an array of {count} {form}"))
+    })?;
+    if rows.len() != count {
+        return Err(Error::invalid_input(
+            name,
+            format!("expected {count} entries, got {}", rows.len()),
+        ));
+    }
+    rows.iter()
+        .enumerate()
+        .map(|(i, row)| point::<N>(row, &format!("{name}[{i}]"), form))
+        .collect()
+}
+
+fn point<const N: usize>(value: &Value, name: &str, form: &str) -> Result<[f32; N]> {
+    let items = value
+        .as_array()
+        .ok_or_else(|| Error::invalid_input(name, format!("expected {form}, got {value}")))?;
+    if items.len() != N {
+        return Err(Error::invalid_input(
+            name,
+            format!("expected {form} ({N} numbers), got {} entries", items.len()),
+        ));
+    }
+    let mut out = [0f32; N];
+    for (slot, item) in out.iter_mut().zip(items) {
+        let v = item
+            .as_f64()
+            .ok_or_else(|| Error::invalid_input(name, format!("expected numbers, got {item}")))?;
+        // JSON has no NaN/Inf literals, but huge values overflow f32 or the rasteriser.
+        if !v.is_finite() || v.abs() > MAX_COORDINATE {
+            return Err(Error::invalid_input(
+                name,
+                format!("value {v} is out of range (magnitude at most {MAX_COORDINATE})"),
+            ));
+        }
+        *slot = v as f32;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person_with(field: &str) -> String {
+        format!(r#"{{"width": 64, "height": 64, "people": [{{"position": [1, 2]}}, {{{field}}}]}}"#)
+    }
+
+    fn error_of(text: &str) -> String {
+        Layout::parse(text, Path::new("/base"), false)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn parses_both_placements_and_resolves_faces() {
+        let kps = vec!["[1.5, 2.5, 0.9]"; 17].join(", ");
+        let text = format!(
+            r#"{{"width": 64, "height": 128, "people": [
+                {{"face": "a.jpg", "keypoints": [{kps}]}},
+                {{"face": "sub/b.png", "position": [10, 20.25],
+                  "face_keypoints": [[1,2],[3,4],[5,6],[7,8],[9,10]]}}]}}"#
+        );
+        let layout = Layout::parse(&text, Path::new("/base"), false).unwrap();
+        assert_eq!((layout.width, layout.height), (64, 128));
+        assert_eq!(
+            layout.people[0].face.as_deref(),
+            Some(Path::new("/base/a.jpg"))
+        );
+        assert_eq!(layout.people[0].centre(), [1.5, 2.5]);
+        assert_eq!(layout.people[1].centre(), [10.0, 20.25]);
+        assert_eq!(layout.people[1].face_keypoints.unwrap()[4], [9.0, 10.0]);
+        assert!(!layout.is_pose_free());
+    }
+
+    #[test]
+    fn errors_name_the_person_and_field() {
+        let short = vec!["[0, 0, 1]"; 16].join(", ");
+        let cases = [
+            (
+                person_with(&format!(r#""keypoints": [{short}]"#)),
+                "layout people[1].keypoints: expected 17 entries, got 16",
+            ),
+            (
+                person_with(r#""position": [1, 2], "keypoints": []"#),
+                "layout people[1]: has both",
+            ),
+            (
+                person_with(r#""face": "x.jpg""#),
+                "layout people[1]: has neither",
+            ),
+            (
+                person_with(r#""position": [1, 2], "colour": 3"#),
+                "layout people[1]: unknown field `colour`",
+            ),
+            (
+                person_with(r#""position": [1]"#),
+                "layout people[1].position: expected [x, y] (2 numbers), got 1",
+            ),
+            (
+                person_with(r#""position": [1, 1e9]"#),
+                "layout people[1].position: value 1000000000 is out of range",
+            ),
+            (
+                person_with(r#""position": [1, 2], "face_keypoints": [[1, 2]]"#),
+                "layout people[1].face_keypoints: expected 5 entries, got 1",
+            ),
+            (
+                person_with(r#""position": [1, 2], "face": 3"#),
+                "layout people[1].face: expected a file path",
+            ),
+            (
+                r#"{"width": 60, "height": 64, "people": [{"position": [1, 2]}]}"#.into(),
+                "layout width: 60 is not a positive multiple of 8",
+            ),
+            (
+                r#"{"width": 64, "height": 0, "people": [{"position": [1, 2]}]}"#.into(),
+                "layout height: 0 is not a positive multiple of 8",
+            ),
+            (
+                r#"{"width": 64, "height": 64, "people": []}"#.into(),
+                "layout people: no people",
+            ),
+            (
+                r#"{"width": 64, "height": 64, "people": [], "seed": 1}"#.into(),
+                "layout: unknown field `seed`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = error_of(&text);
+            assert!(err.starts_with(expected), "got {err:?}, want {expected:?}");
+        }
+        let nine = [r#"{"position": [1, 2]}"#; 9].join(", ");
+        let err = error_of(&format!(
+            r#"{{"width": 64, "height": 64, "people": [{nine}]}}"#
+        ));
+        assert_eq!(err, "layout people: 9 people, at most 8 are supported");
+    }
+
+    #[test]
+    fn faces_are_required_when_asked() {
+        let text = r#"{"width": 64, "height": 64, "people": [{"position": [1, 2]}]}"#;
+        assert!(Layout::parse(text, Path::new("."), false).is_ok());
+        let err = Layout::parse(text, Path::new("."), true)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("layout people[0].face: missing"), "{err}");
+        let text =
+            r#"{"width": 64, "height": 64, "people": [{"position": [1, 2], "face": "nope.jpg"}]}"#;
+        let err = Layout::parse(text, Path::new("/no/such/dir"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("layout people[0].face: /no/such/dir/nope.jpg does not exist"),
+            "{err}"
+        );
+    }
+}
