@@ -43,8 +43,8 @@ fn json_has_one_object_per_graph_with_timings_and_shapes() {
         v["p90_ms"].as_f64().unwrap(),
     );
     assert!(median > 0.0 && p90 >= median, "{v}");
-    // The golden input of the tiny set: 2 faces.
-    assert_eq!(v["shapes"]["id_embeds"], serde_json::json!([2, 1, 512]));
+    // The golden input of the tiny set: 3 faces.
+    assert_eq!(v["shapes"]["id_embeds"], serde_json::json!([3, 1, 512]));
 }
 
 #[test]
