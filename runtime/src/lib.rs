@@ -4,6 +4,7 @@
 //! through a [`backend::Backend`]; everything between them is computed here.
 
 pub mod backend;
+pub mod bench;
 pub mod condition;
 pub mod error;
 pub mod face;
@@ -20,6 +21,8 @@ pub mod tensor;
 pub mod tokenizer;
 pub mod validate;
 
+#[cfg(feature = "ort")]
+pub use backend::ort::OrtBackend;
 #[cfg(feature = "tract")]
 pub use backend::tract::TractBackend;
 

@@ -12,6 +12,8 @@ use crate::manifest::{check_io, ModelSet, Role, TensorSpec};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
+#[cfg(feature = "ort")]
+pub mod ort;
 #[cfg(feature = "tract")]
 pub mod tract;
 
@@ -70,6 +72,12 @@ pub trait Backend {
 
     /// Loads one graph file. Errors for unreadable or corrupted files are model-set errors.
     fn load(&self, role: Role, path: &Path) -> Result<Box<dyn Graph>>;
+
+    /// Moves a host tensor into this backend's device memory, once, for inputs that are fed to
+    /// many runs. Backends without device memory keep it on the host.
+    fn to_device(&self, tensor: Tensor) -> Result<Value> {
+        Ok(Value::Host(tensor))
+    }
 }
 
 pub trait Graph: Send {
@@ -90,6 +98,20 @@ pub trait Graph: Send {
                 format!("cannot read a device tensor {d:?} on this backend"),
             )),
         }
+    }
+}
+
+/// Copies a value to the host as f32, whatever precision the graph computed it in (FP16 sets
+/// return f16 outputs; integer outputs are refused).
+pub fn to_host_f32(graph: &dyn Graph, value: Value) -> Result<Tensor> {
+    let t = graph.to_host(value)?;
+    match t.dtype() {
+        DType::Float32 => Ok(t),
+        DType::Float16 => t.cast(DType::Float32),
+        other => Err(Error::graph(
+            graph.role().name(),
+            format!("an {other} output cannot be read as float32"),
+        )),
     }
 }
 

@@ -7,7 +7,8 @@ use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet, Role};
 use idpatch::{fsutil, npy, pipeline};
 
-use crate::generate::{check_output, BackendKind};
+use crate::backend_args::BackendArgs;
+use crate::generate::check_output;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -22,8 +23,8 @@ pub struct Args {
     #[arg(long, default_value = "models/tiny")]
     models: PathBuf,
     /// Backend that runs arcface and patch_proj when the patches come from the faces.
-    #[arg(long, value_enum, default_value = "tract")]
-    backend: BackendKind,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Condition preview PNG (values clamped to [0, 1]).
     #[arg(long)]
     out: PathBuf,
@@ -51,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => {
             let set = ModelSet::open(&args.models, Checksums::Skip)?;
             let faces = pipeline::face_batch(&layout)?;
-            let backend = args.backend.create()?;
+            let backend = args.backend.make()?;
             let mut arcface = load_checked(backend.as_ref(), &set, Role::Arcface)?;
             let mut patch_proj = load_checked(backend.as_ref(), &set, Role::PatchProj)?;
             let embeddings = pipeline::id_embeddings(arcface.as_mut(), &faces)?;

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use idpatch::backend::Backend;
 use idpatch::image_io;
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet};
@@ -13,29 +12,7 @@ use idpatch::pipeline::{self, Models, Params, Tokenizers};
 use idpatch::scheduler::SchedulerKind;
 use idpatch::{npy, Error};
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum BackendKind {
-    Tract,
-}
-
-impl BackendKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Tract => "tract",
-        }
-    }
-
-    pub fn create(self) -> anyhow::Result<Box<dyn Backend>> {
-        match self {
-            #[cfg(feature = "tract")]
-            BackendKind::Tract => Ok(Box::new(idpatch::TractBackend::new())),
-            #[cfg(not(feature = "tract"))]
-            BackendKind::Tract => {
-                anyhow::bail!("this build has no tract backend (the `tract` feature is off)")
-            }
-        }
-    }
-}
+use crate::backend_args::BackendArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -69,9 +46,8 @@ pub struct Args {
     /// Seed of the initial noise (and of Euler ancestral's per-step noise).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Backend that runs the graphs.
-    #[arg(long, value_enum, default_value = "tract")]
-    backend: BackendKind,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Initial noise as float32 (1, 4, H/8, W/8) standard normal values instead of the seeded
     /// noise (scaled by the scheduler's initial sigma, like diffusers' `latents=`).
     #[arg(long)]
@@ -161,7 +137,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let set_name = set.name().to_string();
     let digest = set.graphs_digest()?;
 
-    let backend = args.backend.create()?;
+    let backend = args.backend.make()?;
     let load_started = Instant::now();
     let mut models = Models::load(backend.as_ref(), set)?;
     let load_graphs = load_started.elapsed();
@@ -198,7 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ("scheduler", scheduler_name),
         ("model_set", &set_name),
         ("model_set_digest", &digest),
-        ("backend", args.backend.name()),
+        ("backend", args.backend.label()),
         ("software", &software),
     ];
     if let Some(name) = &init_noise_name {

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod backend_args;
+mod bench;
 mod condition;
 mod generate;
 mod schedule;
@@ -30,6 +32,8 @@ enum Command {
     Condition(condition::Args),
     /// Run every graph of a set on its golden inputs and compare with the PyTorch outputs.
     Validate(validate::Args),
+    /// Time each graph of a set on a backend (median and p90 of warm runs), or compare two.
+    Bench(bench::Args),
     /// Print a scheduler's timesteps, sigmas and initial noise scale for a step count.
     Schedule(schedule::Args),
     /// Print the token ids both SDXL tokenizers give a prompt.
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Condition(args) => condition::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Schedule(args) => schedule::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Tokenize(args) => tokenize::run(args),
     };
     match result {

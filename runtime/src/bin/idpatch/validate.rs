@@ -4,16 +4,15 @@ use std::process::ExitCode;
 use idpatch::manifest::{Checksums, ModelSet, Role};
 use idpatch::validate::validate_graph;
 
-use crate::generate::BackendKind;
+use crate::backend_args::BackendArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Graph set directory (holding manifest.json).
     #[arg(long, default_value = "models/tiny")]
     models: PathBuf,
-    /// Backend that runs the graphs.
-    #[arg(long, value_enum, default_value = "tract")]
-    backend: BackendKind,
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Only these graphs (comma-separated roles, e.g. unet,controlnet).
     #[arg(long, value_delimiter = ',')]
     graphs: Vec<String>,
@@ -45,7 +44,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             })
             .collect::<Result<_, _>>()?
     };
-    let backend = args.backend.create()?;
+    // Device outputs, so that a GPU run also checks the copy back to the host.
+    let backend = args.backend.make()?;
     println!(
         "{:<15} {:>12} {:>12} {:>10} {:>9}  result",
         "graph", "max abs err", "max rel err", "tolerance", "ms"
@@ -65,10 +65,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     if all_passed {
-        println!("all graphs of {} within tolerance", set.name());
+        println!(
+            "all graphs of {} within tolerance on {}",
+            set.name(),
+            backend.name()
+        );
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("some graphs of {} are outside tolerance", set.name());
+        println!(
+            "some graphs of {} are outside tolerance on {}",
+            set.name(),
+            backend.name()
+        );
         Ok(ExitCode::from(1))
     }
 }

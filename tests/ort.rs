@@ -1,0 +1,398 @@
+//! The ONNX Runtime backend on its CPU provider: the tiny set against the PyTorch goldens and
+//! against tract, device-resident outputs fed from the ControlNet into the UNet, FP16 graphs fed
+//! f32 inputs, and the errors for a missing library or an unavailable GPU provider.
+//!
+//! These need libonnxruntime 1.31.1: `scripts/test.sh` fetches it and sets ORT_DYLIB_PATH. Under
+//! CI=true a missing ORT_DYLIB_PATH fails the tests; locally they fall back to the default
+//! location (target/onnxruntime) and are skipped with a notice when the library is not there.
+
+#![cfg(feature = "ort")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use idpatch::backend::ort::{find_library, OrtOptions, Residency};
+use idpatch::backend::{load_checked, to_host_f32, Backend, Graph, Value};
+use idpatch::manifest::{Checksums, ModelSet, Role};
+use idpatch::validate::validate_graph;
+use idpatch::{npy, OrtBackend, Tensor};
+
+fn tiny_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
+}
+
+/// The library to test with, or None (after a notice) when a local run has none.
+fn ort_lib(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("ORT_DYLIB_PATH is not set under CI=true; run the tests with scripts/test.sh")
+        }
+        None => match find_library(None) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                eprintln!(
+                    "SKIPPED {test}: no ONNX Runtime library (set ORT_DYLIB_PATH or run \
+                     scripts/fetch-onnxruntime.sh)"
+                );
+                None
+            }
+        },
+    }
+}
+
+fn backend(lib: PathBuf, outputs: Residency) -> OrtBackend {
+    OrtBackend::new(OrtOptions {
+        library: Some(lib),
+        outputs,
+        ..OrtOptions::default()
+    })
+    .unwrap()
+}
+
+fn golden_inputs(set: &ModelSet, role: Role) -> Vec<(String, Value)> {
+    let dir = set.golden_dir(role).unwrap().unwrap();
+    set.entry(role)
+        .unwrap()
+        .inputs
+        .iter()
+        .map(|s| {
+            let t = npy::read(&dir.join(format!("input.{}.npy", s.name))).unwrap();
+            (s.name.clone(), Value::Host(t))
+        })
+        .collect()
+}
+
+fn run_to_host(graph: &mut dyn Graph, inputs: &[(String, Value)]) -> Vec<Tensor> {
+    let named: Vec<(&str, &Value)> = inputs.iter().map(|(n, v)| (n.as_str(), v)).collect();
+    let outputs = graph.run(&named).unwrap();
+    outputs
+        .into_iter()
+        .map(|v| to_host_f32(&*graph, v).unwrap())
+        .collect()
+}
+
+/// max |a - b| / max |b|.
+#[cfg(feature = "tract")]
+fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    let (a, b) = (a.to_f32_vec(), b.to_f32_vec());
+    let err = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max);
+    let scale = b.iter().map(|y| y.abs() as f64).fold(0.0, f64::max);
+    assert!(scale > 0.0, "all-zero reference");
+    err / scale
+}
+
+// Expected values: the golden outputs exporter-specs/export.py saved from the PyTorch modules.
+#[test]
+fn every_tiny_graph_matches_pytorch_on_ort_cpu() {
+    let Some(lib) = ort_lib("every_tiny_graph_matches_pytorch_on_ort_cpu") else {
+        return;
+    };
+    let set = ModelSet::open(&tiny_dir(), Checksums::Verify).unwrap();
+    let backend = backend(lib, Residency::Host);
+    assert_eq!(backend.name(), "ort-cpu");
+    assert_eq!(backend.version(), "1.31.1");
+    for role in Role::ALL {
+        let report = validate_graph(&set, &backend, role, None).unwrap();
+        assert!(
+            report.passed(),
+            "{role}: max rel err {:.3e} over tolerance {:.1e}",
+            report.max_rel_err(),
+            report.tolerance
+        );
+    }
+}
+
+// Expected values: tract's outputs for the same golden inputs.
+#[cfg(feature = "tract")]
+#[test]
+fn ort_cpu_agrees_with_tract_on_every_tiny_graph() {
+    let Some(lib) = ort_lib("ort_cpu_agrees_with_tract_on_every_tiny_graph") else {
+        return;
+    };
+    let set = ModelSet::open(&tiny_dir(), Checksums::Skip).unwrap();
+    let ort = backend(lib, Residency::Host);
+    let tract = idpatch::TractBackend::new();
+    for role in Role::ALL {
+        let inputs = golden_inputs(&set, role);
+        let mut a = load_checked(&ort, &set, role).unwrap();
+        let mut b = load_checked(&tract, &set, role).unwrap();
+        let ours = run_to_host(a.as_mut(), &inputs);
+        let theirs = run_to_host(b.as_mut(), &inputs);
+        assert_eq!(ours.len(), theirs.len(), "{role}");
+        for ((x, y), spec) in ours
+            .iter()
+            .zip(&theirs)
+            .zip(&set.entry(role).unwrap().outputs)
+        {
+            let err = rel_err(x, y);
+            assert!(err <= 1e-4, "{role} {}: ort vs tract {err:.3e}", spec.name);
+        }
+    }
+}
+
+// Expected values: the same two graphs run with host outputs on the same provider.
+#[test]
+fn device_outputs_feed_the_unet_without_host_copies() {
+    let Some(lib) = ort_lib("device_outputs_feed_the_unet_without_host_copies") else {
+        return;
+    };
+    let set = ModelSet::open(&tiny_dir(), Checksums::Skip).unwrap();
+    let results: Vec<Tensor> = [Residency::Host, Residency::Device]
+        .into_iter()
+        .map(|residency| {
+            let backend = backend(lib.clone(), residency);
+            let mut controlnet = load_checked(&backend, &set, Role::Controlnet).unwrap();
+            let mut unet = load_checked(&backend, &set, Role::Unet).unwrap();
+            let cn_inputs = golden_inputs(&set, Role::Controlnet);
+            let named: Vec<(&str, &Value)> =
+                cn_inputs.iter().map(|(n, v)| (n.as_str(), v)).collect();
+            let residuals = controlnet.run(&named).unwrap();
+            assert_eq!(residuals.len(), 10);
+            for r in &residuals {
+                assert_eq!(
+                    matches!(r, Value::Device(_)),
+                    residency == Residency::Device,
+                    "{r:?}"
+                );
+            }
+            let names: Vec<String> = controlnet
+                .io()
+                .outputs
+                .iter()
+                .map(|s| s.name.clone())
+                .collect();
+            let mut unet_inputs = golden_inputs(&set, Role::Unet);
+            unet_inputs.retain(|(n, _)| !names.contains(n));
+            unet_inputs.extend(names.into_iter().zip(residuals));
+            let mut out = run_to_host(unet.as_mut(), &unet_inputs);
+            assert_eq!(out.len(), 1);
+            out.remove(0)
+        })
+        .collect();
+    assert_eq!(results[0].shape(), [2, 4, 8, 8]);
+    assert_eq!(results[0], results[1], "host and device paths differ");
+}
+
+// Expected values: onnxruntime 1.31.1's Python API on the same FP16 graph (tests/reference/ort.py).
+#[test]
+fn fp16_graph_takes_f32_inputs_and_reads_back_as_f32() {
+    let Some(lib) = ort_lib("fp16_graph_takes_f32_inputs_and_reads_back_as_f32") else {
+        return;
+    };
+    let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ort");
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data_dir.join("fp16_dense.json")).unwrap())
+            .unwrap();
+    let flat = |key: &str| -> Vec<f32> {
+        reference[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+            })
+            .collect()
+    };
+    let x = Tensor::from_f32(vec![3, 8], flat("x")).unwrap();
+    let expected = Tensor::from_f32(vec![3, 5], flat("y")).unwrap();
+    for residency in [Residency::Host, Residency::Device] {
+        let backend = backend(lib.clone(), residency);
+        let mut graph = backend
+            .load(Role::PatchProj, &data_dir.join("fp16_dense.onnx"))
+            .unwrap();
+        assert_eq!(graph.io().inputs[0].dtype, idpatch::DType::Float16);
+        let x = Value::Host(x.clone());
+        let mut outputs = graph.run(&[("x", &x)]).unwrap();
+        assert_eq!(outputs[0].dtype(), idpatch::DType::Float16);
+        let y = outputs.remove(0);
+        let y = to_host_f32(graph.as_ref(), y).unwrap();
+        assert_eq!(y.dtype(), idpatch::DType::Float32);
+        // Same graph, same provider, same f16 rounding of the input: equal.
+        assert_eq!(y, expected);
+    }
+}
+
+#[test]
+fn integer_inputs_are_not_silently_converted() {
+    let Some(lib) = ort_lib("integer_inputs_are_not_silently_converted") else {
+        return;
+    };
+    let set = ModelSet::open(&tiny_dir(), Checksums::Skip).unwrap();
+    let backend = backend(lib, Residency::Host);
+    let mut graph = load_checked(&backend, &set, Role::TextEncoder).unwrap();
+    let ids = Value::Host(Tensor::from_f32(vec![1, 77], vec![1.0; 77]).unwrap());
+    let err = graph.run(&[("input_ids", &ids)]).unwrap_err().to_string();
+    assert!(
+        err.contains("input input_ids is float32 [1, 77], the graph takes int64"),
+        "{err}"
+    );
+}
+
+fn idpatch(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_idpatch"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn missing_library_is_a_one_line_error_saying_what_to_install() {
+    let tiny = tiny_dir();
+    let (code, _, stderr) = idpatch(&[
+        "validate",
+        "--backend",
+        "ort",
+        "--ort-lib",
+        "/nonexistent/libonnxruntime.so.1.31.1",
+        "--models",
+        tiny.to_str().unwrap(),
+        "--graphs",
+        "patch_proj",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("error: --ort-lib: no file at /nonexistent/"),
+        "{stderr}"
+    );
+    assert!(
+        lines[0].contains("scripts/fetch-onnxruntime.sh"),
+        "{stderr}"
+    );
+    assert!(lines[0].contains("onnxruntime==1.31.1"), "{stderr}");
+
+    // A file that is not ONNX Runtime.
+    let not_ort = tiny.join("manifest.json");
+    let (code, _, stderr) = idpatch(&[
+        "validate",
+        "--backend",
+        "ort",
+        "--ort-lib",
+        not_ort.to_str().unwrap(),
+        "--models",
+        tiny.to_str().unwrap(),
+        "--graphs",
+        "patch_proj",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("ONNX Runtime library: cannot use"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unavailable_gpu_provider_is_an_error_not_a_cpu_fallback() {
+    let Some(lib) = ort_lib("unavailable_gpu_provider_is_an_error_not_a_cpu_fallback") else {
+        return;
+    };
+    // The CPU build of ONNX Runtime has neither provider; on a GPU build without a GPU the
+    // provider fails to start instead. Either way: exit 2, nothing run.
+    for ep in ["cuda", "tensorrt"] {
+        let cache = tempfile::tempdir().unwrap();
+        let (code, stdout, stderr) = idpatch(&[
+            "validate",
+            "--backend",
+            "ort",
+            "--ep",
+            ep,
+            "--ort-lib",
+            lib.to_str().unwrap(),
+            "--trt-cache",
+            cache.path().to_str().unwrap(),
+            "--models",
+            tiny_dir().to_str().unwrap(),
+            "--graphs",
+            "patch_proj",
+        ]);
+        assert_eq!(code, 2, "{ep}: {stderr}");
+        assert!(stderr.contains(&format!("the {ep} provider")), "{stderr}");
+        assert!(!stdout.contains("patch_proj "), "{ep} ran anyway: {stdout}");
+    }
+}
+
+#[test]
+fn auto_says_which_provider_it_got() {
+    let Some(lib) = ort_lib("auto_says_which_provider_it_got") else {
+        return;
+    };
+    let (code, stdout, stderr) = idpatch(&[
+        "validate",
+        "--backend",
+        "ort",
+        "--ep",
+        "auto",
+        "--ort-lib",
+        lib.to_str().unwrap(),
+        "--models",
+        tiny_dir().to_str().unwrap(),
+        "--graphs",
+        "prompt_proj",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let chose = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("ONNX Runtime: --ep auto chose "))
+        .unwrap_or_else(|| panic!("no choice reported: {stderr}"));
+    let ep = chose.split_whitespace().next().unwrap();
+    assert!(["tensorrt", "cuda", "cpu"].contains(&ep), "{chose}");
+    assert!(
+        stdout.contains(&format!("within tolerance on ort-{ep}")),
+        "{stdout}"
+    );
+}
+
+#[cfg(feature = "tract")]
+#[test]
+fn bench_compares_tract_and_ort_cpu() {
+    let Some(lib) = ort_lib("bench_compares_tract_and_ort_cpu") else {
+        return;
+    };
+    let (code, stdout, stderr) = idpatch(&[
+        "bench",
+        "--models",
+        tiny_dir().to_str().unwrap(),
+        "--ort-lib",
+        lib.to_str().unwrap(),
+        "--graphs",
+        "prompt_proj",
+        "--warmup",
+        "1",
+        "--runs",
+        "3",
+        "--compare",
+        "tract",
+        "ort-cpu",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert_eq!(lines[0]["config"], "tract");
+    assert_eq!(lines[1]["config"], "ort-cpu");
+    assert_eq!(lines[1]["backend"], "ort-cpu");
+    let (a, b) = (
+        lines[0]["median_ms"].as_f64().unwrap(),
+        lines[1]["median_ms"].as_f64().unwrap(),
+    );
+    let ratio = lines[2]["ratio_of_medians"].as_f64().unwrap();
+    assert!((ratio - a / b).abs() <= 1e-9 * ratio, "{stdout}");
+}
