@@ -162,6 +162,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         p.id_injection_ratio.to_string(),
     );
     let software = format!("idpatch {}", env!("CARGO_PKG_VERSION"));
+    let backend_label = args.backend.label();
     let init_noise_name = args.init_noise.as_ref().map(|p| p.display().to_string());
     let mut text: Vec<(&str, &str)> = vec![
         ("prompt", &p.prompt),
@@ -174,7 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ("scheduler", scheduler_name),
         ("model_set", &set_name),
         ("model_set_digest", &digest),
-        ("backend", args.backend.label()),
+        ("backend", &backend_label),
         ("software", &software),
     ];
     if let Some(name) = &init_noise_name {
