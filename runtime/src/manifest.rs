@@ -153,6 +153,14 @@ pub struct SetConfig {
     pub pooled_dim: usize,
     pub id_embedding_dim: usize,
     pub down_residuals: usize,
+    /// Latent sides must be divisible by this: the UNet halves them once per downsampling
+    /// block and its upsamplers must land on the skip shapes again (SDXL: twice, so 4).
+    #[serde(default = "default_latent_multiple")]
+    pub latent_multiple: usize,
+}
+
+fn default_latent_multiple() -> usize {
+    4
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -318,12 +318,16 @@ pub fn prepare(
     params.check()?;
     let mut timings = Timings::default();
     let config = &set.manifest.config;
-    let scale = config.vae_scale_factor;
+    let multiple = config.vae_scale_factor * config.latent_multiple.max(1);
     for (side, value) in [("width", layout.width), ("height", layout.height)] {
-        if value as usize % scale != 0 {
+        if value as usize % multiple != 0 {
             return Err(Error::invalid_input(
                 format!("layout {side}"),
-                format!("{value} is not a multiple of the set's VAE factor {scale}"),
+                format!(
+                    "{value} is not a multiple of {multiple} (the VAE factor {} times the {} \
+                     the UNet needs latent sides divisible by)",
+                    config.vae_scale_factor, config.latent_multiple
+                ),
             ));
         }
     }
@@ -339,8 +343,8 @@ pub fn prepare(
 
     let scheduler = scheduler_for(set, params.scheduler, params.steps)?;
     let (lh, lw) = (
-        layout.height as usize / scale,
-        layout.width as usize / scale,
+        layout.height as usize / config.vae_scale_factor,
+        layout.width as usize / config.vae_scale_factor,
     );
     let shape = vec![1, config.latent_channels, lh, lw];
     let noise = match init_noise {
