@@ -2,26 +2,17 @@
 
 #![cfg(feature = "tract")]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn tiny_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
-}
+mod common;
 
 fn bench(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_idpatch"))
+    let out = common::command()
         .arg("bench")
         .arg("--models")
-        .arg(tiny_dir())
+        .arg(common::tiny_dir())
         .args(args)
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::code_stdout_stderr(out)
 }
 
 #[test]

@@ -2,15 +2,16 @@
 //! (OpenCV 5.0.0 cv2.ellipse2Poly / cv2.fillConvexPoly / cv2.circle / cv2.addWeighted for the
 //! skeletons, numpy 2.4.6 for the patch compositing, torch 2.11 for bf16 windows).
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use idpatch::condition::{self, ConditionOptions, RgbImage};
 use idpatch::layout::Layout;
 use idpatch::{npy, Tensor};
 
 fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/condition")
+    common::test_data("condition")
 }
 
 fn layout(case: &str) -> Layout {
@@ -271,13 +272,6 @@ fn faces_resolve_against_the_layout_folder() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn idpatch(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_idpatch"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 // Expected: overlap_condition.npy from tests/reference/condition.py.
 #[test]
 fn cli_raw_output_equals_reference() {
@@ -285,7 +279,7 @@ fn cli_raw_output_equals_reference() {
     let (png, raw) = (dir.join("cond.png"), dir.join("cond.npy"));
     let layout = data_dir().join("overlap.json");
     let patches = data_dir().join("overlap_patches.npy");
-    let out = idpatch(&[
+    let out = common::output(&[
         "condition",
         "--layout",
         layout.to_str().unwrap(),
@@ -350,7 +344,7 @@ fn cli_bad_inputs_exit_2_without_output() {
         if let Some(p) = patches {
             args.extend(["--patches", p.to_str().unwrap()]);
         }
-        let out = idpatch(&args);
+        let out = common::output(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(

@@ -1,7 +1,9 @@
 //! Face alignment and image I/O against the reference values in tests/data/face/, produced by
 //! tests/reference/face.py (scikit-image 0.26 SimilarityTransform, OpenCV 5.0 warpAffine).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use idpatch::face::{self, ARCFACE_TEMPLATE};
 use idpatch::image_io::{self, Rgb8};
@@ -9,14 +11,11 @@ use idpatch::image_io::{self, Rgb8};
 const CASES: [&str; 4] = ["upright", "rotated20", "small", "edge"];
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/face")
-        .join(name)
+    common::test_data("face").join(name)
 }
 
 fn case_keypoints(case: &str) -> [[f64; 2]; 5] {
-    let meta: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data("cases.json")).unwrap()).unwrap();
+    let meta: serde_json::Value = common::read_json(&data("cases.json"));
     let kps = &meta["cases"][case]["keypoints"];
     std::array::from_fn(|i| std::array::from_fn(|j| kps[i][j].as_f64().unwrap()))
 }

@@ -5,34 +5,28 @@
 
 #![cfg(feature = "tract")]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::tiny_dir;
 use idpatch::{image_io, npy};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn data_dir() -> PathBuf {
-    root().join("tests/data/pipeline")
-}
-
-fn tiny_dir() -> PathBuf {
-    root().join("models/tiny")
+    common::test_data("pipeline")
 }
 
 fn idpatch(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_idpatch"))
+    common::command()
         .args(args)
-        .current_dir(root())
+        .current_dir(common::root())
         .output()
         .expect("the idpatch binary runs")
 }
 
 fn reference() -> serde_json::Value {
-    let text = std::fs::read_to_string(data_dir().join("reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    common::read_json(&data_dir().join("reference.json"))
 }
 
 fn s(p: &Path) -> &str {

@@ -5,16 +5,14 @@
 
 #![cfg(feature = "tract")]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::tiny_dir;
 use idpatch::manifest::{Checksums, ModelSet, Role};
 use idpatch::validate::validate_graph;
 use idpatch::TractBackend;
-
-fn tiny_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
-}
 
 /// A private copy of the tiny set that a test may damage.
 fn tiny_copy() -> tempfile::TempDir {
@@ -38,24 +36,21 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("manifest.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut manifest: serde_json::Value = common::read_json(&path);
     edit(&mut manifest);
     std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
 }
 
 /// Runs `idpatch validate` on `dir` for one graph; returns (exit code, stderr).
 fn validate_cli(dir: &Path, graph: &str) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_idpatch"))
+    let out = common::command()
         .args(["validate", "--models"])
         .arg(dir)
         .args(["--graphs", graph])
         .output()
         .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, stderr) = common::code_stdout_stderr(out);
+    (code, stderr)
 }
 
 fn assert_one_line_error(code: i32, stderr: &str, needle: &str) {

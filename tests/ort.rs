@@ -8,18 +8,16 @@
 
 #![cfg(feature = "ort")]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::PathBuf;
+
+use common::tiny_dir;
 use idpatch::backend::ort::{find_library, OrtOptions, Residency};
 use idpatch::backend::{load_checked, to_host_f32, Backend, Graph, Value};
 use idpatch::manifest::{Checksums, ModelSet, Role};
 use idpatch::validate::validate_graph;
 use idpatch::{npy, OrtBackend, Tensor};
-
-fn tiny_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
-}
 
 /// The library to test with, or None (after a notice) when a local run has none.
 fn ort_lib(test: &str) -> Option<PathBuf> {
@@ -185,10 +183,8 @@ fn fp16_graph_takes_f32_inputs_and_reads_back_as_f32() {
     let Some(lib) = ort_lib("fp16_graph_takes_f32_inputs_and_reads_back_as_f32") else {
         return;
     };
-    let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ort");
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data_dir.join("fp16_dense.json")).unwrap())
-            .unwrap();
+    let data_dir = common::test_data("ort");
+    let reference: serde_json::Value = common::read_json(&data_dir.join("fp16_dense.json"));
     let flat = |key: &str| -> Vec<f32> {
         reference[key]
             .as_array()
@@ -237,22 +233,10 @@ fn integer_inputs_are_not_silently_converted() {
     );
 }
 
-fn idpatch(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_idpatch"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn missing_library_is_a_one_line_error_saying_what_to_install() {
     let tiny = tiny_dir();
-    let (code, _, stderr) = idpatch(&[
+    let (code, _, stderr) = common::run(&[
         "validate",
         "--backend",
         "ort",
@@ -278,7 +262,7 @@ fn missing_library_is_a_one_line_error_saying_what_to_install() {
 
     // A file that is not ONNX Runtime.
     let not_ort = tiny.join("manifest.json");
-    let (code, _, stderr) = idpatch(&[
+    let (code, _, stderr) = common::run(&[
         "validate",
         "--backend",
         "ort",
@@ -305,7 +289,7 @@ fn unavailable_gpu_provider_is_an_error_not_a_cpu_fallback() {
     // provider fails to start instead. Either way: exit 2, nothing run.
     for ep in ["cuda", "tensorrt"] {
         let cache = tempfile::tempdir().unwrap();
-        let (code, stdout, stderr) = idpatch(&[
+        let (code, stdout, stderr) = common::run(&[
             "validate",
             "--backend",
             "ort",
@@ -331,7 +315,7 @@ fn auto_says_which_provider_it_got() {
     let Some(lib) = ort_lib("auto_says_which_provider_it_got") else {
         return;
     };
-    let (code, stdout, stderr) = idpatch(&[
+    let (code, stdout, stderr) = common::run(&[
         "validate",
         "--backend",
         "ort",
@@ -363,7 +347,7 @@ fn bench_compares_tract_and_ort_cpu() {
     let Some(lib) = ort_lib("bench_compares_tract_and_ort_cpu") else {
         return;
     };
-    let (code, stdout, stderr) = idpatch(&[
+    let (code, stdout, stderr) = common::run(&[
         "bench",
         "--models",
         tiny_dir().to_str().unwrap(),

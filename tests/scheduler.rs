@@ -1,7 +1,7 @@
 //! Scheduler parity with diffusers 0.42.1. Every expected value comes from
 //! tests/data/scheduler/reference.json, written by tests/reference/scheduler.py.
 
-use std::process::Command;
+mod common;
 
 use idpatch::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
 use serde::Deserialize;
@@ -37,11 +37,7 @@ struct Sweep {
 }
 
 fn reference() -> Reference {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/scheduler/reference.json"
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    common::read_json(&common::test_data("scheduler").join("reference.json"))
 }
 
 /// The reference script's inputs: a 64-bit LCG whose values are exact float32 numbers in [-2, 2).
@@ -357,13 +353,6 @@ fn ancestral_step_needs_noise() {
     assert!(scheduler.step(&x, 10, &x, Some(&x)).is_err());
 }
 
-fn run_cli(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_idpatch"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn check_cli_json(case: &Case, extra: &[&str]) {
     let steps = case.steps.to_string();
     let mut args = vec![
@@ -375,7 +364,7 @@ fn check_cli_json(case: &Case, extra: &[&str]) {
         "--json",
     ];
     args.extend_from_slice(extra);
-    let output = run_cli(&args);
+    let output = common::output(&args);
     assert!(
         output.status.success(),
         "{}",
@@ -430,13 +419,13 @@ fn cli_json_matches_diffusers() {
 #[test]
 fn cli_bad_steps_exits_with_2() {
     for steps in ["0", "5000", "many"] {
-        let output = run_cli(&["schedule", "--scheduler", "euler", "--steps", steps]);
+        let output = common::output(&["schedule", "--scheduler", "euler", "--steps", steps]);
         assert_eq!(output.status.code(), Some(2), "--steps {steps}");
         assert!(
             String::from_utf8_lossy(&output.stderr).contains("--steps"),
             "--steps {steps}"
         );
     }
-    let output = run_cli(&["schedule", "--scheduler", "lms", "--steps", "10"]);
+    let output = common::output(&["schedule", "--scheduler", "lms", "--steps", "10"]);
     assert_eq!(output.status.code(), Some(2));
 }

@@ -2,22 +2,21 @@
 //! Expected ids: tests/reference/tokenizer.py (transformers 5.23.0 CLIPTokenizer.from_pretrained
 //! on the models/tiny/tokenizer files, padding="max_length", max_length=77, truncation=True).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
+use common::tiny_dir;
 use idpatch::tokenizer::{ClipTokenizer, MAX_LENGTH};
 use idpatch::Error;
 use serde_json::Value;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn vocab_path() -> PathBuf {
-    root().join("models/tiny/tokenizer/vocab.json")
+    tiny_dir().join("tokenizer/vocab.json")
 }
 
 fn merges_path() -> PathBuf {
-    root().join("models/tiny/tokenizer/merges.txt")
+    tiny_dir().join("tokenizer/merges.txt")
 }
 
 fn load(pad_token_id: i64) -> ClipTokenizer {
@@ -25,8 +24,7 @@ fn load(pad_token_id: i64) -> ClipTokenizer {
 }
 
 fn reference() -> Value {
-    let text = std::fs::read_to_string(root().join("tests/data/tokenizer/reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    common::read_json(&common::test_data("tokenizer").join("reference.json"))
 }
 
 fn ids(value: &Value) -> Vec<i64> {
@@ -232,7 +230,7 @@ fn pad_id_outside_the_vocabulary_is_rejected() {
 }
 
 fn run_cli(models: &Path, prompt: &str) -> (Value, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_idpatch"))
+    let output = common::command()
         .args(["tokenize", "--json", "--models"])
         .arg(models)
         .arg(prompt)
@@ -291,7 +289,7 @@ fn check_cli(models: &Path) {
 // graph set's tokenizer files.
 #[test]
 fn cli_json_matches_reference() {
-    check_cli(&root().join("models/tiny"));
+    check_cli(&tiny_dir());
 }
 
 // Expected: reference.json; the tokenizer files and pad ids come from a manifest's `tokenizers`
@@ -320,7 +318,7 @@ fn cli_reads_tokenizers_from_manifest() {
         }
     });
     std::fs::write(broken.join("manifest.json"), manifest.to_string()).unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_idpatch"))
+    let output = common::command()
         .args(["tokenize", "--models"])
         .arg(&broken)
         .arg("a cat")
