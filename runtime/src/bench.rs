@@ -238,10 +238,13 @@ pub fn golden_inputs(set: &ModelSet, role: Role) -> Result<Option<Vec<(String, T
         .map(Some)
 }
 
+/// Reads one stage's time from a run's [`Timings`].
+pub type StageTime = fn(&Timings) -> Duration;
+
 /// The per-run stages of the pipeline in order, as [`Timings`] records them. Graph loading
 /// (once, before the runs) and `first_runs` (a part of `controlnet` + `unet`) are not among
 /// them, so a run's total is exactly the sum of these.
-pub const PIPELINE_STAGES: [(&str, fn(&Timings) -> Duration); 10] = [
+pub const PIPELINE_STAGES: [(&str, StageTime); 10] = [
     ("faces", |t| t.faces),
     ("tokenize", |t| t.tokenize),
     ("text_encoders", |t| t.text_encoders),
