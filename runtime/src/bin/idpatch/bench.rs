@@ -55,13 +55,14 @@ pub struct Args {
     /// Where inputs come from (default: golden, unless a size is given or the set has none).
     #[arg(long, value_enum)]
     inputs: Option<InputSource>,
-    /// Image height in pixels for made-up inputs (default 1024).
+    /// Image height in pixels for made-up inputs or the made-up layout (default 1024).
     #[arg(long)]
     height: Option<usize>,
-    /// Image width in pixels for made-up inputs (default 1024).
+    /// Image width in pixels for made-up inputs or the made-up layout (default 1024).
     #[arg(long)]
     width: Option<usize>,
-    /// People in the photo for made-up inputs (default 2): faces, and 16 ID tokens each.
+    /// People in the photo for made-up inputs or the made-up layout (default 2): faces, and 16 ID
+    /// tokens each.
     #[arg(long)]
     people: Option<usize>,
     /// Sequence length of the UNet/ControlNet text input (default 77 + 16 * people; 77 is the
