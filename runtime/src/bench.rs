@@ -2,13 +2,17 @@
 //! percentile, on inputs taken from a set's golden tensors or made up from its IO spec at a
 //! requested image size.
 //!
-//! This times single graphs. Whole-pipeline timings split by stage (text encoders, ID mappers,
-//! the denoising loop, the VAE) belong with the pipeline and are not measured here yet.
+//! [`time_pipeline`] times the whole pipeline instead: graphs loaded once, then `prepare` and
+//! `generate` per run, summarised per stage of [`Timings`].
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crate::backend::{Graph, Value};
+use crate::backend::{Backend, Graph, Value};
+use crate::face::ARCFACE_SIZE;
+use crate::image_io::Rgb8;
+use crate::layout::{Layout, Person, Placement, MAX_PEOPLE};
 use crate::manifest::{Dim, ModelSet, Role, TensorSpec};
+use crate::pipeline::{self, Models, Params, Timings, Tokenizers};
 use crate::tensor::{DType, Tensor};
 use crate::{npy, Error, Result};
 
@@ -232,6 +236,159 @@ pub fn golden_inputs(set: &ModelSet, role: Role) -> Result<Option<Vec<(String, T
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+/// Reads one stage's time from a run's [`Timings`].
+pub type StageTime = fn(&Timings) -> Duration;
+
+/// The per-run stages of the pipeline in order, as [`Timings`] records them. Graph loading
+/// (once, before the runs) and `first_runs` (a part of `controlnet` + `unet`) are not among
+/// them, so a run's total is exactly the sum of these.
+pub const PIPELINE_STAGES: [(&str, StageTime); 10] = [
+    ("faces", |t| t.faces),
+    ("tokenize", |t| t.tokenize),
+    ("text_encoders", |t| t.text_encoders),
+    ("id_graphs", |t| t.id_graphs),
+    ("condition", |t| t.condition),
+    ("controlnet", |t| t.controlnet),
+    ("unet", |t| t.unet),
+    ("scheduler", |t| t.scheduler),
+    ("vae_decode", |t| t.vae_decode),
+    ("to_rgb", |t| t.to_rgb),
+];
+
+/// Whole-pipeline timings over several runs.
+#[derive(Debug, Clone)]
+pub struct PipelineStats {
+    /// Per stage of [`PIPELINE_STAGES`], in that order.
+    pub stages: Vec<(&'static str, Stats)>,
+    /// ControlNet and UNet first runs at each sequence length (already inside their stages).
+    pub first_runs: Stats,
+    /// Per run, the sum of the stages.
+    pub total: Stats,
+    /// Per run, [`Timings::rust_owned`].
+    pub rust_owned: Stats,
+    /// Loading every graph, once before the runs.
+    pub load_graphs_ms: f64,
+}
+
+impl PipelineStats {
+    /// Median Rust-owned time over median total time.
+    pub fn rust_owned_share(&self) -> f64 {
+        self.rust_owned.median_ms / self.total.median_ms
+    }
+
+    /// Summarises the timings of each run.
+    pub fn from_runs(runs: &[Timings], load_graphs: Duration) -> Option<PipelineStats> {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let of = |f: &dyn Fn(&Timings) -> f64| summarize(&runs.iter().map(f).collect::<Vec<_>>());
+        let stages = PIPELINE_STAGES
+            .iter()
+            .map(|(name, get)| Some((*name, of(&|t| ms(get(t)))?)))
+            .collect::<Option<Vec<_>>>()?;
+        let total = |t: &Timings| PIPELINE_STAGES.iter().map(|(_, get)| ms(get(t))).sum();
+        Some(PipelineStats {
+            stages,
+            first_runs: of(&|t| ms(t.first_runs))?,
+            total: of(&total)?,
+            rust_owned: of(&|t| ms(t.rust_owned()))?,
+            load_graphs_ms: ms(load_graphs),
+        })
+    }
+}
+
+/// A pose-free layout of `people` people at evenly spaced positions across the middle of a
+/// `width` x `height` image; faces come separately (see [`synth_face`]).
+pub fn synth_layout(width: usize, height: usize, people: usize) -> Result<Layout> {
+    if people == 0 || people > MAX_PEOPLE {
+        return Err(Error::invalid_input(
+            "--people",
+            format!("{people} is not between 1 and {MAX_PEOPLE}"),
+        ));
+    }
+    let side = |flag: &str, value: usize| {
+        u32::try_from(value)
+            .ok()
+            .filter(|v| *v > 0)
+            .ok_or_else(|| Error::invalid_input(flag, format!("{value} is not a valid side")))
+    };
+    let (w, h) = (side("--width", width)?, side("--height", height)?);
+    let people = (0..people)
+        .map(|i| Person {
+            face: None,
+            placement: Placement::Position([
+                w as f32 * (2 * i + 1) as f32 / (2 * people) as f32,
+                h as f32 / 2.0,
+            ]),
+            face_keypoints: None,
+        })
+        .collect();
+    Ok(Layout {
+        width: w,
+        height: h,
+        people,
+    })
+}
+
+/// A made-up aligned 112x112 face crop: a light oval on a grey background, so that timing
+/// needs no face photo.
+pub fn synth_face() -> Rgb8 {
+    let n = ARCFACE_SIZE;
+    let mut data = Vec::with_capacity(n * n * 3);
+    let c = n as f32 / 2.0;
+    for y in 0..n {
+        for x in 0..n {
+            let (dx, dy) = ((x as f32 - c) / 40.0, (y as f32 - c) / 52.0);
+            let pixel = if dx * dx + dy * dy <= 1.0 {
+                [224, 180, 150]
+            } else {
+                [96, 96, 96]
+            };
+            data.extend_from_slice(&pixel);
+        }
+    }
+    Rgb8::new(n, n, data).expect("the buffer is n x n x 3")
+}
+
+/// Loads the graphs of `set` once, then runs `prepare` + `generate` `warmup` times untimed and
+/// `runs` times timed on `layout`, writing nothing. `face_images` (people order) replace the
+/// layout's face photos when given. Inputs are checked before any graph loads.
+pub fn time_pipeline(
+    backend: &dyn Backend,
+    set: ModelSet,
+    layout: &Layout,
+    params: &Params,
+    face_images: Option<&[Rgb8]>,
+    warmup: usize,
+    runs: usize,
+) -> Result<PipelineStats> {
+    if runs == 0 {
+        return Err(Error::invalid_input("--runs", "must be at least 1"));
+    }
+    let tokenizers = Tokenizers::load(&set)?;
+    let prepare = |set: &ModelSet| {
+        pipeline::prepare_with_faces(
+            set,
+            &tokenizers,
+            layout.clone(),
+            params.clone(),
+            None,
+            face_images,
+        )
+    };
+    prepare(&set)?;
+    let started = Instant::now();
+    let mut models = Models::load(backend, set)?;
+    let load_graphs = started.elapsed();
+    let mut timings = Vec::with_capacity(runs);
+    for run in 0..warmup + runs {
+        let job = prepare(&models.set)?;
+        let generated = pipeline::generate(&mut models, &job, &mut |_, _| {})?;
+        if run >= warmup {
+            timings.push(generated.timings);
+        }
+    }
+    Ok(PipelineStats::from_runs(&timings, load_graphs).expect("runs > 0"))
 }
 
 #[cfg(test)]

@@ -184,20 +184,45 @@ impl Timings {
 /// ArcFace inputs (F, 3, 112, 112) of every person's face photo, in people order. A person
 /// without `face_keypoints` must give an already aligned 112x112 crop.
 pub fn face_batch(layout: &Layout) -> Result<Tensor> {
+    face_batch_with(layout, None)
+}
+
+/// [`face_batch`], with the face images given in people order instead of read from the layout's
+/// `face` paths when `images` is `Some`.
+fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
     let size = face::ARCFACE_SIZE;
+    if let Some(images) = images {
+        if images.len() != layout.people.len() {
+            return Err(Error::invalid_input(
+                "layout people",
+                format!(
+                    "{} people but {} face images",
+                    layout.people.len(),
+                    images.len()
+                ),
+            ));
+        }
+    }
     let mut data = Vec::with_capacity(layout.people.len() * 3 * size * size);
     for (i, person) in layout.people.iter().enumerate() {
         let name = format!("layout people[{i}].face");
-        let path = person.face.as_ref().ok_or_else(|| {
-            Error::invalid_input(&name, "missing: every person needs a face photo")
-        })?;
-        let img = image_io::load_rgb8(path).map_err(|e| match e {
-            Error::Io { .. } => Error::invalid_input(&name, e.to_string()),
-            Error::InvalidInput { reason, .. } => {
-                Error::invalid_input(&name, format!("{}: {reason}", path.display()))
+        let loaded;
+        let (img, source) = match images {
+            Some(images) => (&images[i], format!("face image {i}")),
+            None => {
+                let path = person.face.as_ref().ok_or_else(|| {
+                    Error::invalid_input(&name, "missing: every person needs a face photo")
+                })?;
+                loaded = image_io::load_rgb8(path).map_err(|e| match e {
+                    Error::Io { .. } => Error::invalid_input(&name, e.to_string()),
+                    Error::InvalidInput { reason, .. } => {
+                        Error::invalid_input(&name, format!("{}: {reason}", path.display()))
+                    }
+                    other => other,
+                })?;
+                (&loaded, path.display().to_string())
             }
-            other => other,
-        })?;
+        };
         let keypoints = person
             .face_keypoints
             .map(|k| k.map(|[x, y]| [f64::from(x), f64::from(y)]));
@@ -205,18 +230,17 @@ pub fn face_batch(layout: &Layout) -> Result<Tensor> {
             return Err(Error::invalid_input(
                 &name,
                 format!(
-                    "{} is {}x{} and people[{i}] has no `face_keypoints`: give the five face \
+                    "{source} is {}x{} and people[{i}] has no `face_keypoints`: give the five face \
                      points (left eye, right eye, nose, mouth left, mouth right; [x, y] in the \
                      photo's pixels) as `face_keypoints` in the layout, or use an aligned \
                      {size}x{size} ArcFace crop",
-                    path.display(),
                     img.width(),
                     img.height()
                 ),
             ));
         }
         let what = format!("layout people[{i}].face_keypoints");
-        let input = face::arcface_input(&img, keypoints.as_ref(), &what)?;
+        let input = face::arcface_input(img, keypoints.as_ref(), &what)?;
         data.extend_from_slice(input.as_f32().expect("arcface_input is f32"));
     }
     Tensor::from_f32(vec![layout.people.len(), 3, size, size], data)
@@ -315,6 +339,19 @@ pub fn prepare(
     params: Params,
     init_noise: Option<(Tensor, &str)>,
 ) -> Result<Job> {
+    prepare_with_faces(set, tokenizers, layout, params, init_noise, None)
+}
+
+/// [`prepare`] with the face images already in memory (people order; the layout's `face` paths
+/// are then not read): the `faces` stage times alignment and the ArcFace input only.
+pub fn prepare_with_faces(
+    set: &ModelSet,
+    tokenizers: &Tokenizers,
+    layout: Layout,
+    params: Params,
+    init_noise: Option<(Tensor, &str)>,
+    face_images: Option<&[Rgb8]>,
+) -> Result<Job> {
     params.check()?;
     let mut timings = Timings::default();
     let config = &set.manifest.config;
@@ -332,7 +369,7 @@ pub fn prepare(
         }
     }
     let started = Instant::now();
-    let faces = face_batch(&layout)?;
+    let faces = face_batch_with(&layout, face_images)?;
     timings.faces = started.elapsed();
 
     let started = Instant::now();

@@ -2,8 +2,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use idpatch::backend::{load_checked, Backend};
-use idpatch::bench::{golden_inputs, synth_inputs, time_graph, Stats, SynthSize};
+use idpatch::bench::{
+    golden_inputs, synth_face, synth_inputs, synth_layout, time_graph, time_pipeline,
+    PipelineStats, Stats, SynthSize,
+};
+use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet, Role};
+use idpatch::pipeline::Params;
 use idpatch::Error;
 use serde_json::json;
 
@@ -27,35 +32,52 @@ pub struct Args {
     /// Only these graphs (comma-separated roles, e.g. unet,controlnet).
     #[arg(long, value_delimiter = ',')]
     graphs: Vec<String>,
-    /// Untimed runs before timing.
-    #[arg(long, default_value_t = 3)]
-    warmup: usize,
-    /// Timed runs.
-    #[arg(long, default_value_t = 20)]
-    runs: usize,
+    /// Time the whole pipeline instead of single graphs: graphs loaded once, then per run the
+    /// input preparation and the generation (no file written), reported per stage. Without
+    /// --layout the layout is made up at --height/--width/--people: pose-free people at evenly
+    /// spaced positions across the middle, each with a synthesized 112x112 aligned face (no face
+    /// photo is read). The prompt is fixed ("a group photo"), the scheduler is the set's.
+    #[arg(long)]
+    pipeline: bool,
+    /// With --pipeline: the layout file to time (face photos read on every run, as `generate`
+    /// does), instead of a made-up one.
+    #[arg(long)]
+    layout: Option<PathBuf>,
+    /// With --pipeline: denoising steps (default 50).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Untimed runs before timing (default 3; 1 with --pipeline).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Timed runs (default 20; 3 with --pipeline).
+    #[arg(long)]
+    runs: Option<usize>,
     /// Where inputs come from (default: golden, unless a size is given or the set has none).
     #[arg(long, value_enum)]
     inputs: Option<InputSource>,
-    /// Image height in pixels for made-up inputs (default 1024).
+    /// Image height in pixels for made-up inputs or the made-up layout (default 1024).
     #[arg(long)]
     height: Option<usize>,
-    /// Image width in pixels for made-up inputs (default 1024).
+    /// Image width in pixels for made-up inputs or the made-up layout (default 1024).
     #[arg(long)]
     width: Option<usize>,
-    /// People in the photo for made-up inputs (default 2): faces, and 16 ID tokens each.
+    /// People in the photo for made-up inputs or the made-up layout (default 2): faces, and 16 ID
+    /// tokens each.
     #[arg(long)]
     people: Option<usize>,
     /// Sequence length of the UNet/ControlNet text input (default 77 + 16 * people; 77 is the
     /// length before ID injection starts).
     #[arg(long)]
     sequence: Option<usize>,
-    /// Run two configurations side by side and print the ratio of medians (first / second).
-    /// Each is a backend (tract, ort-cpu, ort-cuda, ort-tensorrt, ort-auto) run on --models,
-    /// or a set directory run on --backend (e.g. an FP16 and an FP32 export).
+    /// Run two configurations side by side and print the ratio of medians (first / second;
+    /// with --pipeline, of the total medians). Each is a backend (tract, ort-cpu, ort-cuda,
+    /// ort-tensorrt, ort-auto) run on --models, or a set directory run on --backend (e.g. an
+    /// FP16 and an FP32 export).
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     compare: Vec<String>,
     /// One JSON object per line: per graph and configuration, then per graph the ratio when
-    /// comparing.
+    /// comparing. With --pipeline: one object per configuration (stages, total,
+    /// rust_owned_share, ...), then the ratio of total medians when comparing.
     #[arg(long)]
     json: bool,
     /// Hash the graph files against the manifest before timing (off: a full-size set is ~10 GB).
@@ -77,7 +99,46 @@ struct Timing {
     shapes: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Flags that the chosen mode does not take, as a usage error naming the first one given.
+fn check_combinations(args: &Args) -> Result<(), Error> {
+    let size_given = args.height.is_some() || args.width.is_some() || args.people.is_some();
+    let conflicts: &[(bool, &str, &str)] = if args.pipeline {
+        &[
+            (!args.graphs.is_empty(), "--graphs", "times single graphs"),
+            (
+                args.inputs.is_some(),
+                "--inputs",
+                "applies to single graphs",
+            ),
+            (
+                args.sequence.is_some(),
+                "--sequence",
+                "applies to single graphs",
+            ),
+            (
+                args.layout.is_some() && size_given,
+                "--layout",
+                "gives the size and people itself",
+            ),
+        ]
+    } else {
+        &[
+            (args.layout.is_some(), "--layout", "needs --pipeline"),
+            (args.steps.is_some(), "--steps", "needs --pipeline"),
+        ]
+    };
+    match conflicts.iter().find(|(given, ..)| *given) {
+        Some((_, flag, why)) if args.pipeline => Err(Error::invalid_input(
+            *flag,
+            format!("cannot be combined with --pipeline ({why})"),
+        )),
+        Some((_, flag, why)) => Err(Error::invalid_input(*flag, *why)),
+        None => Ok(()),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    check_combinations(&args)?;
     let checksums = if args.verify_checksums {
         Checksums::Verify
     } else {
@@ -119,6 +180,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         configs
     };
+    if args.pipeline {
+        return run_pipeline(&args, &configs);
+    }
+    let (warmup, runs) = (args.warmup.unwrap_or(3), args.runs.unwrap_or(20));
     let roles: Vec<Role> = if args.graphs.is_empty() {
         Role::ALL.to_vec()
     } else {
@@ -155,7 +220,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for role in roles {
         let mut medians = Vec::new();
         for config in &configs {
-            let timing = time_one(config, role, source, &size, &args)?;
+            let timing = time_one(config, role, source, &size, &args, warmup, runs)?;
             medians.push(timing.stats.median_ms);
             if args.json {
                 let line = json!({
@@ -170,7 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "p90_ms": timing.stats.p90_ms,
                     "min_ms": timing.stats.min_ms,
                     "runs": timing.stats.runs,
-                    "warmup": args.warmup,
+                    "warmup": warmup,
                     "shapes": timing.shapes,
                 });
                 println!("{line}");
@@ -219,6 +284,8 @@ fn time_one(
     source: InputSource,
     size: &SynthSize,
     args: &Args,
+    warmup: usize,
+    runs: usize,
 ) -> anyhow::Result<Timing> {
     let set = &config.set;
     let entry = set.entry(role)?;
@@ -250,7 +317,7 @@ fn time_one(
         let value = config.backend.to_device(tensor.cast(dtype)?)?;
         inputs.push((name, value));
     }
-    let stats = time_graph(graph.as_mut(), &inputs, args.warmup, args.runs)?;
+    let stats = time_graph(graph.as_mut(), &inputs, warmup, runs)?;
     let name = config.backend.name();
     Ok(Timing {
         stats,
@@ -259,4 +326,144 @@ fn time_one(
         source,
         shapes,
     })
+}
+
+/// `--pipeline`: every configuration over the same layout, then the ratio of total medians.
+fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
+    let (warmup, runs) = (args.warmup.unwrap_or(1), args.runs.unwrap_or(3));
+    let params = Params {
+        prompt: "a group photo".into(),
+        steps: args.steps.unwrap_or(Params::default().steps),
+        ..Params::default()
+    };
+    params.check()?;
+    let (layout, faces, layout_name) = match &args.layout {
+        Some(path) => (Layout::load(path, true)?, None, path.display().to_string()),
+        None => {
+            let layout = synth_layout(
+                args.width.unwrap_or(1024),
+                args.height.unwrap_or(1024),
+                args.people.unwrap_or(2),
+            )?;
+            let faces = vec![synth_face(); layout.people.len()];
+            (layout, Some(faces), "synth".to_string())
+        }
+    };
+    let mut results: Vec<PipelineStats> = Vec::new();
+    for config in configs {
+        // ModelSet is not Clone: reopen it (cheap: the manifest only, checksums already checked).
+        let set = ModelSet::open(&config.set.dir, Checksums::Skip)?;
+        let stats = time_pipeline(
+            config.backend.as_ref(),
+            set,
+            &layout,
+            &params,
+            faces.as_deref(),
+            warmup,
+            runs,
+        )?;
+        if args.json {
+            let stages: serde_json::Map<String, serde_json::Value> = stats
+                .stages
+                .iter()
+                .map(|(name, s)| (name.to_string(), timing_json(s)))
+                .collect();
+            let line = json!({
+                "config": config.label,
+                "backend": config.backend.name(),
+                "models": config.set.dir.display().to_string(),
+                "layout": layout_name,
+                "size": {"height": layout.height, "width": layout.width},
+                "people": layout.people.len(),
+                "steps": params.steps,
+                "runs": runs,
+                "warmup": warmup,
+                "stages": stages,
+                "total": timing_json(&stats.total),
+                "rust_owned_share": stats.rust_owned_share(),
+                "first_runs": timing_json(&stats.first_runs),
+                "load_graphs_ms": stats.load_graphs_ms,
+            });
+            println!("{line}");
+        }
+        results.push(stats);
+    }
+    if !args.json {
+        print_pipeline_table(configs, &results, &layout, &layout_name, &params, runs);
+    }
+    if let [a, b] = &results[..] {
+        let ratio = a.total.median_ms / b.total.median_ms;
+        if args.json {
+            let line = json!({
+                "compare": [configs[0].label, configs[1].label],
+                "ratio_of_total_medians": ratio,
+            });
+            println!("{line}");
+        } else {
+            println!(
+                "ratio of total medians ({} / {}): {ratio:.3}",
+                configs[0].label, configs[1].label
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn timing_json(stats: &Stats) -> serde_json::Value {
+    json!({"median_ms": stats.median_ms, "p90_ms": stats.p90_ms})
+}
+
+/// One row per stage, a median and p90 column pair per configuration.
+fn print_pipeline_table(
+    configs: &[Config],
+    results: &[PipelineStats],
+    layout: &Layout,
+    layout_name: &str,
+    params: &Params,
+    runs: usize,
+) {
+    println!(
+        "pipeline: {}x{} (width x height), {} people, {} steps, layout {layout_name}, {runs} runs",
+        layout.width,
+        layout.height,
+        layout.people.len(),
+        params.steps
+    );
+    let mut header = format!("{:<28}", "stage");
+    for config in configs {
+        header.push_str(&format!(
+            " {:>14} {:>10}",
+            format!("{} median ms", config.label),
+            "p90 ms"
+        ));
+    }
+    println!("{header}");
+    let row = |name: &str, pick: &dyn Fn(&PipelineStats) -> (f64, f64)| {
+        let mut line = format!("{name:<28}");
+        for stats in results {
+            let (median, p90) = pick(stats);
+            line.push_str(&format!(" {median:>14.3} {p90:>10.3}"));
+        }
+        println!("{line}");
+    };
+    for (i, (name, _)) in results[0].stages.iter().enumerate() {
+        row(name, &|s| (s.stages[i].1.median_ms, s.stages[i].1.p90_ms));
+    }
+    row("total", &|s| (s.total.median_ms, s.total.p90_ms));
+    row("  first runs (in cn + unet)", &|s| {
+        (s.first_runs.median_ms, s.first_runs.p90_ms)
+    });
+    row("load graphs (once)", &|s| {
+        (s.load_graphs_ms, s.load_graphs_ms)
+    });
+    let shares: Vec<String> = configs
+        .iter()
+        .zip(results)
+        .map(|(c, s)| format!("{} {:.2}%", c.label, 100.0 * s.rust_owned_share()))
+        .collect();
+    println!(
+        "Rust-owned share of the median total (faces, tokenize, condition, scheduler + CFG, \
+         to RGB8): {}",
+        shares.join(", ")
+    );
 }
