@@ -4,16 +4,7 @@
 
 mod common;
 
-fn bench(args: &[&str]) -> (i32, String, String) {
-    let out = common::command()
-        .arg("bench")
-        .arg("--models")
-        .arg(common::tiny_dir())
-        .args(args)
-        .output()
-        .unwrap();
-    common::code_stdout_stderr(out)
-}
+use common::bench;
 
 #[test]
 fn json_has_one_object_per_graph_with_timings_and_shapes() {

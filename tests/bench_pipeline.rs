@@ -2,27 +2,9 @@
 
 #![cfg(feature = "tract")]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn tiny_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
-}
-
-fn bench(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_idpatch"))
-        .arg("bench")
-        .arg("--models")
-        .arg(tiny_dir())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{bench, tiny_dir};
 
 const STAGES: [&str; 10] = [
     "faces",

@@ -50,3 +50,15 @@ pub fn code_stdout_stderr(out: Output) -> (i32, String, String) {
 pub fn run(args: &[&str]) -> (i32, String, String) {
     code_stdout_stderr(output(args))
 }
+
+/// `idpatch bench --models models/tiny ARGS`: (exit code, stdout, stderr).
+pub fn bench(args: &[&str]) -> (i32, String, String) {
+    let out = command()
+        .arg("bench")
+        .arg("--models")
+        .arg(tiny_dir())
+        .args(args)
+        .output()
+        .unwrap();
+    code_stdout_stderr(out)
+}
