@@ -56,6 +56,20 @@ impl Role {
     pub fn from_name(name: &str) -> Option<Role> {
         Role::ALL.into_iter().find(|r| r.name() == name)
     }
+
+    /// The roles a user listed (e.g. with `--graphs`), every role when the list is empty.
+    pub fn parse_list(names: &[String], input: &str) -> Result<Vec<Role>> {
+        if names.is_empty() {
+            return Ok(Role::ALL.to_vec());
+        }
+        names
+            .iter()
+            .map(|n| {
+                Role::from_name(n)
+                    .ok_or_else(|| Error::invalid_input(input, format!("unknown graph {n:?}")))
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Display for Role {

@@ -184,17 +184,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return run_pipeline(&args, &configs);
     }
     let (warmup, runs) = (args.warmup.unwrap_or(3), args.runs.unwrap_or(20));
-    let roles: Vec<Role> = if args.graphs.is_empty() {
-        Role::ALL.to_vec()
-    } else {
-        args.graphs
-            .iter()
-            .map(|g| {
-                Role::from_name(g)
-                    .ok_or_else(|| Error::invalid_input("--graphs", format!("unknown graph {g:?}")))
-            })
-            .collect::<Result<_, _>>()?
-    };
+    let roles = Role::parse_list(&args.graphs, "--graphs")?;
     let size_given = args.height.is_some() || args.width.is_some() || args.people.is_some();
     let size = SynthSize {
         height: args.height.unwrap_or(1024),

@@ -32,18 +32,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Checksums::Verify
     };
     let set = ModelSet::open(&args.models, checksums)?;
-    let roles = if args.graphs.is_empty() {
-        Role::ALL.to_vec()
-    } else {
-        args.graphs
-            .iter()
-            .map(|g| {
-                Role::from_name(g).ok_or_else(|| {
-                    idpatch::Error::invalid_input("--graphs", format!("unknown graph {g:?}"))
-                })
-            })
-            .collect::<Result<_, _>>()?
-    };
+    let roles = Role::parse_list(&args.graphs, "--graphs")?;
     // Device outputs, so that a GPU run also checks the copy back to the host.
     let backend = args.backend.make()?;
     println!(
