@@ -272,12 +272,7 @@ impl Scheduler {
                     .map(|i| (i * ratio) as i64 + config.steps_offset)
                     .collect()
             }
-            TimestepSpacing::Trailing => {
-                numeric::numpy_arange_down(train_steps as f64, train_steps as f64 / n as f64)
-                    .into_iter()
-                    .map(|t| numeric::round_even(t) as i64 - 1)
-                    .collect()
-            }
+            TimestepSpacing::Trailing => trailing_timesteps(train_steps, n),
         };
         self.timesteps = timesteps.into_iter().map(|t| t as f64).collect();
         self.sigmas.clear();
@@ -302,12 +297,7 @@ impl Scheduler {
                     .map(|i| (i * ratio) as i64 + config.steps_offset)
                     .collect()
             }
-            TimestepSpacing::Trailing => {
-                numeric::numpy_arange_down(train_steps as f64, train_steps as f64 / n as f64)
-                    .into_iter()
-                    .map(|t| numeric::round_even(t) as i64 - 1)
-                    .collect()
-            }
+            TimestepSpacing::Trailing => trailing_timesteps(train_steps, n),
         };
         let sigmas: Vec<f64> = if config.use_karras_sigmas {
             let sigma_min = f64::from(self.train_sigmas[0]);
@@ -671,6 +661,15 @@ impl Scheduler {
         };
         Ok(out)
     }
+}
+
+/// "trailing" spacing, shared by the DDIM-style and DPM-Solver schedules: `n` points counted down
+/// from the last training step, rounded half to even as numpy does.
+fn trailing_timesteps(train_steps: usize, n: usize) -> Vec<i64> {
+    numeric::numpy_arange_down(train_steps as f64, train_steps as f64 / n as f64)
+        .into_iter()
+        .map(|t| numeric::round_even(t) as i64 - 1)
+        .collect()
 }
 
 #[cfg(test)]
