@@ -10,8 +10,6 @@ mod common;
 use std::path::Path;
 
 use common::tiny_dir;
-use idpatch::manifest::{Checksums, ModelSet, Role};
-use idpatch::validate::validate_graph;
 use idpatch::TractBackend;
 
 /// A private copy of the tiny set that a test may damage.
@@ -66,21 +64,7 @@ fn assert_one_line_error(code: i32, stderr: &str, needle: &str) {
 
 #[test]
 fn every_tiny_graph_matches_pytorch_on_tract() {
-    let set = ModelSet::open(&tiny_dir(), Checksums::Verify).unwrap();
-    let backend = TractBackend::new();
-    for role in Role::ALL {
-        let report = validate_graph(&set, &backend, role, None).unwrap();
-        assert!(
-            report.passed(),
-            "{role}: max rel err {:.3e} over tolerance {:.1e}",
-            report.max_rel_err(),
-            report.tolerance
-        );
-        assert!(
-            report.outputs.iter().all(|o| o.scale > 0.0),
-            "{role}: an all-zero golden output"
-        );
-    }
+    common::assert_tiny_set_matches_goldens(&TractBackend::new());
 }
 
 #[test]

@@ -16,7 +16,6 @@ use common::tiny_dir;
 use idpatch::backend::ort::{find_library, OrtOptions, Residency};
 use idpatch::backend::{load_checked, to_host_f32, Backend, Graph, Value};
 use idpatch::manifest::{Checksums, ModelSet, Role};
-use idpatch::validate::validate_graph;
 use idpatch::{npy, OrtBackend, Tensor};
 
 /// The library to test with, or None (after a notice) when a local run has none.
@@ -91,19 +90,10 @@ fn every_tiny_graph_matches_pytorch_on_ort_cpu() {
     let Some(lib) = ort_lib("every_tiny_graph_matches_pytorch_on_ort_cpu") else {
         return;
     };
-    let set = ModelSet::open(&tiny_dir(), Checksums::Verify).unwrap();
     let backend = backend(lib, Residency::Host);
     assert_eq!(backend.name(), "ort-cpu");
     assert_eq!(backend.version(), "1.31.1");
-    for role in Role::ALL {
-        let report = validate_graph(&set, &backend, role, None).unwrap();
-        assert!(
-            report.passed(),
-            "{role}: max rel err {:.3e} over tolerance {:.1e}",
-            report.max_rel_err(),
-            report.tolerance
-        );
-    }
+    common::assert_tiny_set_matches_goldens(&backend);
 }
 
 // Expected values: tract's outputs for the same golden inputs.

@@ -62,3 +62,23 @@ pub fn bench(args: &[&str]) -> (i32, String, String) {
         .unwrap();
     code_stdout_stderr(out)
 }
+
+/// Runs every graph of the bundled tiny set on `backend` against the PyTorch goldens and asserts
+/// each is within tolerance with a non-zero reference output.
+pub fn assert_tiny_set_matches_goldens(backend: &dyn idpatch::backend::Backend) {
+    use idpatch::manifest::{Checksums, ModelSet, Role};
+    let set = ModelSet::open(&tiny_dir(), Checksums::Verify).unwrap();
+    for role in Role::ALL {
+        let report = idpatch::validate::validate_graph(&set, backend, role, None).unwrap();
+        assert!(
+            report.passed(),
+            "{role}: max rel err {:.3e} over tolerance {:.1e}",
+            report.max_rel_err(),
+            report.tolerance
+        );
+        assert!(
+            report.outputs.iter().all(|o| o.scale > 0.0),
+            "{role}: an all-zero golden output"
+        );
+    }
+}
