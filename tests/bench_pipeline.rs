@@ -103,7 +103,7 @@ fn a_given_layout_is_timed_with_its_people() {
 #[test]
 fn bad_combinations_exit_2_with_one_line() {
     let layout = tiny_dir().join("examples/layout.json");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--pipeline", "--graphs", "unet"], "--graphs"),
         (&["--pipeline", "--sequence", "109"], "--sequence"),
         (
@@ -118,6 +118,9 @@ fn bad_combinations_exit_2_with_one_line() {
         ),
         (&["--steps", "2"], "--steps"),
         (&["--pipeline", "--steps", "0"], "--steps"),
+        // Sides the set cannot generate name the flag, not the made-up layout's field.
+        (&["--pipeline", "--height", "100"], "--height"),
+        (&["--pipeline", "--width", "72"], "--width"),
     ];
     for (args, flag) in cases {
         let (code, stdout, stderr) = bench(args);

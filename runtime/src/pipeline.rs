@@ -24,7 +24,7 @@ use crate::condition::{self, ConditionOptions};
 use crate::face;
 use crate::image_io::{self, Rgb8};
 use crate::layout::Layout;
-use crate::manifest::{ModelSet, Role};
+use crate::manifest::{ModelSet, Role, SetConfig};
 use crate::noise::{NoiseGenerator, Stream};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
 use crate::splice::{self, EncoderStates};
@@ -355,19 +355,13 @@ pub fn prepare_with_faces(
     params.check()?;
     let mut timings = Timings::default();
     let config = &set.manifest.config;
-    let multiple = config.vae_scale_factor * config.latent_multiple.max(1);
-    for (side, value) in [("width", layout.width), ("height", layout.height)] {
-        if value as usize % multiple != 0 {
-            return Err(Error::invalid_input(
-                format!("layout {side}"),
-                format!(
-                    "{value} is not a multiple of {multiple} (the VAE factor {} times the {} \
-                     the UNet needs latent sides divisible by)",
-                    config.vae_scale_factor, config.latent_multiple
-                ),
-            ));
-        }
-    }
+    check_image_sides(
+        config,
+        [
+            ("layout width", layout.width),
+            ("layout height", layout.height),
+        ],
+    )?;
     let started = Instant::now();
     let faces = face_batch_with(&layout, face_images)?;
     timings.faces = started.elapsed();
@@ -888,6 +882,25 @@ pub fn to_rgb8(planar: &[f32], width: usize, height: usize) -> Result<Rgb8> {
         }
     }
     Rgb8::new(width, height, rgb)
+}
+
+/// Image sides a set can generate: multiples of the VAE factor times the latent multiple the
+/// UNet needs. `sides` names each value as the user gave it (a layout field or a flag).
+pub fn check_image_sides(config: &SetConfig, sides: [(&str, u32); 2]) -> Result<()> {
+    let multiple = config.vae_scale_factor * config.latent_multiple.max(1);
+    for (name, value) in sides {
+        if value as usize % multiple != 0 {
+            return Err(Error::invalid_input(
+                name,
+                format!(
+                    "{value} is not a multiple of {multiple} (the VAE factor {} times the {} \
+                     the UNet needs latent sides divisible by)",
+                    config.vae_scale_factor, config.latent_multiple
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

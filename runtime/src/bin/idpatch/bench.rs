@@ -8,7 +8,7 @@ use idpatch::bench::{
 };
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet, Role};
-use idpatch::pipeline::Params;
+use idpatch::pipeline::{check_image_sides, Params};
 use idpatch::Error;
 use serde_json::json;
 
@@ -335,6 +335,12 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
                 args.height.unwrap_or(1024),
                 args.people.unwrap_or(2),
             )?;
+            for config in configs {
+                check_image_sides(
+                    &config.set.manifest.config,
+                    [("--width", layout.width), ("--height", layout.height)],
+                )?;
+            }
             let faces = vec![synth_face(); layout.people.len()];
             (layout, Some(faces), "synth".to_string())
         }
