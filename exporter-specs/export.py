@@ -10,7 +10,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import hashlib
+import gc
 import json
 import pathlib
 import shlex
@@ -28,6 +28,7 @@ sys.path.insert(0, str(SPECS))
 
 from fusable_attention import FusableAttnProcessor  # noqa: E402
 from idpatch_models import ArcFaceIrSe, Resampler, resampler_state_from_diffusers  # noqa: E402
+from weights import detach_weights, sha256_of, weight_bytes  # noqa: E402
 
 GRAPH_ORDER = ["text_encoder", "text_encoder_2", "unet", "controlnet", "vae_decoder", "arcface", "patch_proj", "prompt_proj"]
 OPSET = 17
@@ -431,25 +432,31 @@ def run_torch(module: nn.Module, spec: dict, inputs: dict[str, np.ndarray]) -> d
 # ---------------------------------------------------------------- export
 
 
+def torch_export(module: nn.Module, spec: dict, example: dict[str, np.ndarray], raw: pathlib.Path) -> None:
+    """Legacy TorchScript exporter, opset 17, FP32, constants folded; torch writes external data
+    files beside `raw` when the graph is over the protobuf limit."""
+    args = tuple(torch.from_numpy(example[t["name"]]) for t in spec["inputs"])
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            args,
+            str(raw),
+            input_names=[t["name"] for t in spec["inputs"]],
+            output_names=[t["name"] for t in spec["outputs"]],
+            dynamic_axes=dynamic_axes_of(spec),
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
 def export_graph(name: str, module: nn.Module, spec: dict, example: dict[str, np.ndarray], path: pathlib.Path) -> None:
     """Legacy TorchScript exporter, opset 17, FP32; one external data file when over the protobuf limit."""
     import onnx
 
-    args = tuple(torch.from_numpy(example[t["name"]]) for t in spec["inputs"])
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         raw = pathlib.Path(scratch) / f"{name}.onnx"
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                args,
-                str(raw),
-                input_names=[t["name"] for t in spec["inputs"]],
-                output_names=[t["name"] for t in spec["outputs"]],
-                dynamic_axes=dynamic_axes_of(spec),
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        torch_export(module, spec, example, raw)
         model = onnx.load(str(raw), load_external_data=True)
         stamp_io_shapes(model, spec)
         save_model(model, path)
@@ -511,14 +518,46 @@ def constants_to_initializers(model) -> None:
     graph.node.extend(kept)
 
 
-def convert_fp16(path: pathlib.Path, keep_io_types: bool = False) -> None:
+def convert_fp16(path: pathlib.Path) -> None:
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(path), load_external_data=True)
-    constants_to_initializers(model)
-    model = convert_float_to_float16(model, keep_io_types=keep_io_types, disable_shape_infer=needs_external_data(model))
+    model = to_fp16(model, needs_external_data(model))
     save_model(model, path)
+
+
+def fuse_for_cuda(model):
+    """ONNX Runtime's transformer optimizer (python fusions only) on a UNet/ControlNet ModelProto or
+    path; returns the fused ModelProto, with the com.microsoft opset declared when it is used."""
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("unet")
+    optimized = optimize_model(
+        model, model_type="unet", num_heads=0, hidden_size=0, opt_level=0, use_gpu=True, optimization_options=options
+    )
+    fused = optimized.model
+    if any(node.domain == "com.microsoft" for node in fused.graph.node) and not any(
+        opset.domain == "com.microsoft" for opset in fused.opset_import
+    ):
+        fused.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return fused
+
+
+def fused_op_counts(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in FUSED_OP_TYPES:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def to_fp16(model, disable_shape_infer: bool):
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    constants_to_initializers(model)
+    return convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=disable_shape_infer)
 
 
 def optimize_for_cuda(path: pathlib.Path, precision: str) -> dict[str, int]:
@@ -528,33 +567,65 @@ def optimize_for_cuda(path: pathlib.Path, precision: str) -> dict[str, int]:
     requested, comes after it with Constant nodes turned into initializers first.
     """
     import onnx
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
 
-    options = FusionOptions("unet")
-    model = optimize_model(
-        str(path), model_type="unet", num_heads=0, hidden_size=0, opt_level=0, use_gpu=True, optimization_options=options
-    )
-    onnx_model = model.model
-    if any(node.domain == "com.microsoft" for node in onnx_model.graph.node) and not any(
-        opset.domain == "com.microsoft" for opset in onnx_model.opset_import
-    ):
-        onnx_model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    onnx_model = fuse_for_cuda(str(path))
     if precision == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        constants_to_initializers(onnx_model)
-        onnx_model = convert_float_to_float16(
-            onnx_model, keep_io_types=False, disable_shape_infer=needs_external_data(onnx_model)
-        )
+        onnx_model = to_fp16(onnx_model, needs_external_data(onnx_model))
     save_model(onnx_model, path)
     # The checker reads the file so that graphs with external data work too.
     onnx.checker.check_model(str(path))
-    counts: dict[str, int] = {}
-    for node in onnx_model.graph.node:
-        if node.op_type in FUSED_OP_TYPES:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
+    return fused_op_counts(onnx_model)
+
+
+# ---------------------------------------------------------------- weightless export
+
+def export_weightless(name: str, modules: dict, spec: dict, example: dict[str, np.ndarray], path: pathlib.Path,
+                      optimize: bool, precision: str) -> tuple[dict | None, int]:
+    """Export, fuse and convert one graph exactly as the normal path does, holding at most one copy
+    of its weights: the torch module is freed before the ONNX graph is loaded, the optimizer reads
+    external tensors lazily (relative to the working directory), and only the FP16 conversion loads
+    them. The weights are then dropped, so nothing of them is written."""
+    import os
+
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        raw = pathlib.Path(scratch) / f"{name}.onnx"
+        torch_export(modules[name], spec, example, raw)
+        del modules[name]
+        gc.collect()
+        model = onnx.load(str(raw), load_external_data=False)
+        stamp_io_shapes(model, spec)
+        big = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
+        previous = os.getcwd()
+        os.chdir(scratch)
+        try:
+            fused = None
+            if optimize:
+                model = fuse_for_cuda(model)
+                fused = fused_op_counts(model)
+            if precision == "fp16":
+                # The converter reads every initializer after retyping it, so the values must be in
+                # memory: the FP32 weights once (about 10 GB for the full UNet), never two copies.
+                load_external_data_for_model(model, scratch)
+                model = to_fp16(model, disable_shape_infer=big)
+        finally:
+            os.chdir(previous)
+        data_bytes = detach_weights(model, pathlib.Path(scratch), path.name + ".data")
+        for stale in (path, path.with_name(path.name + ".data")):
+            if stale.exists():
+                stale.unlink()
+        onnx.save_model(model, str(path))
+    # The checker wants the data file to exist: a sparse placeholder of the right size, removed after.
+    placeholder = path.with_name(path.name + ".data")
+    with open(placeholder, "wb") as handle:
+        handle.truncate(data_bytes)
+    try:
+        onnx.checker.check_model(str(path))
+    finally:
+        placeholder.unlink()
+    return fused, data_bytes
 
 
 # ---------------------------------------------------------------- checking
@@ -584,14 +655,6 @@ def check_with_onnxruntime(path: pathlib.Path, inputs: dict[str, np.ndarray], ex
         worst_abs = max(worst_abs, error)
         worst_rel = max(worst_rel, error / max(scale, 1e-12))
     return worst_abs, worst_rel
-
-
-def sha256_of(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_tokenizers(out: pathlib.Path) -> dict:
@@ -628,7 +691,14 @@ def parse_args(argv=None):
     parser.add_argument("--optimize", choices=["none", "cuda"], default="none",
                         help="cuda: fuse unet/controlnet with ONNX Runtime's transformer optimizer (CUDA-only ops)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    parser.add_argument("--weightless", action="store_true",
+                        help="write graph structure only (no weight data), for exporter-specs/materialize.py to fill "
+                             "with random values on the machine that runs it; needs --random, implies --no-check")
     args = parser.parse_args(argv)
+    if args.weightless and not args.random:
+        parser.error("--weightless needs --random: released weights are not to be replaced by random ones")
+    if args.weightless and args.golden:
+        parser.error("--weightless cannot write goldens: the materialized weights differ from the exported ones")
     if args.from_pretrained:
         args.size = "full"
     args.graphs = [g for g in args.graphs.split(",") if g]
@@ -664,8 +734,12 @@ def main(argv=None) -> int:
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     kind = "pretrained" if args.from_pretrained else "random"
-    if manifest and (manifest.get("size") != args.size or manifest.get("source", {}).get("kind") != kind):
-        print(f"warning: {manifest_path} is of another size or source; starting a new manifest", flush=True)
+    if manifest and (
+        manifest.get("size") != args.size
+        or manifest.get("source", {}).get("kind") != kind
+        or bool(manifest.get("weightless")) != args.weightless
+    ):
+        print(f"warning: {manifest_path} is of another size, source or kind; starting a new manifest", flush=True)
         manifest = {}
     cfg = config_from_models(params, modules, manifest.get("config"))
     unet_config = (modules.get("unet").unet.config if "unet" in modules else None)
@@ -681,22 +755,29 @@ def main(argv=None) -> int:
 
     entries = manifest.get("graphs", {})
     failures = []
+    if args.weightless:
+        # Hold only the modules being exported; each one is freed as soon as it is written.
+        for extra in [n for n in modules if n not in args.graphs]:
+            del modules[extra]
+        gc.collect()
     for name in args.graphs:
-        module, spec = modules[name], specs[name]
+        spec = specs[name]
+        parameters = count_parameters(modules[name])
         t0 = time.time()
         inputs = golden_inputs(name, spec, cfg, args.seed, dims)
-        expected = run_torch(module, spec, inputs)
         path = out / f"{name}.onnx"
-        export_graph(name, module, spec, inputs, path)
-        graph_precision = args.precision
-        fused = None
-        if args.optimize == "cuda" and name in ("unet", "controlnet"):
-            fused = optimize_for_cuda(path, graph_precision)
-        elif args.precision == "fp16":
-            if name == "vae_decoder":
-                # The SDXL VAE overflows in FP16; keep it FP32 in an FP16 set.
-                graph_precision = "fp32"
-            else:
+        data = path.with_name(path.name + ".data")
+        fuse = args.optimize == "cuda" and name in ("unet", "controlnet")
+        # The SDXL VAE overflows in FP16; it stays FP32 in an FP16 set.
+        graph_precision = "fp32" if name == "vae_decoder" else args.precision
+        expected = None
+        if args.weightless:
+            fused, data_bytes = export_weightless(name, modules, spec, inputs, path, fuse, graph_precision)
+        else:
+            expected = run_torch(modules[name], spec, inputs)
+            export_graph(name, modules[name], spec, inputs, path)
+            fused = optimize_for_cuda(path, graph_precision) if fuse else None
+            if not fuse and graph_precision == "fp16":
                 convert_fp16(path)
         graph_spec = resolve_specs(graphs_json, cfg, layout, graph_precision)[name]
         entry = {
@@ -705,12 +786,13 @@ def main(argv=None) -> int:
             "external_data": [],
             "precision": graph_precision,
             "opset": OPSET,
-            "parameters": count_parameters(module),
+            "parameters": parameters,
             "inputs": graph_spec["inputs"],
             "outputs": graph_spec["outputs"],
         }
-        data = path.with_name(path.name + ".data")
-        if data.exists():
+        if args.weightless:
+            entry["external_data"] = [{"file": data.name, "bytes": data_bytes}]
+        elif data.exists():
             entry["external_data"] = [{"file": data.name, "sha256": sha256_of(data)}]
         if fused is not None:
             entry["fused_ops"] = fused
@@ -725,7 +807,9 @@ def main(argv=None) -> int:
             for tname, value in expected.items():
                 np.save(folder / f"output.{tname}.npy", value)
             entry["golden"] = f"golden/{name}"
-        if not args.no_check and fused is None:
+        if args.weightless:
+            entry_note = f"weightless: {data_bytes / 1e9:.2f} GB of weights to materialize"
+        elif not args.no_check and fused is None:
             err_abs, err_rel = check_with_onnxruntime(path, inputs, expected, graph_precision)
             tolerance = 1e-4 if graph_precision == "fp32" else 2e-2
             verdict = "ok" if err_rel <= tolerance else "FAIL"
@@ -734,7 +818,7 @@ def main(argv=None) -> int:
             entry_note = f"max abs err {err_abs:.3e} (relative to output scale {err_rel:.3e}, limit {tolerance:g}) {verdict}"
         else:
             entry_note = "not checked (fused CUDA-only operators)" if fused is not None else "not checked"
-        size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+        size = path.stat().st_size + (data.stat().st_size if data.exists() and not args.weightless else 0)
         print(f"{name}: {entry['parameters']:,} parameters, {size / 1e6:.2f} MB, {time.time() - t0:.1f} s; {entry_note}", flush=True)
         if fused is not None:
             print(f"{name}: fused operators {fused}", flush=True)
@@ -775,6 +859,8 @@ def main(argv=None) -> int:
     }
     if args.precision == "fp16":
         manifest["notes"] = ["vae_decoder stays fp32: the SDXL VAE overflows in fp16"]
+    if args.weightless:
+        manifest["weightless"] = True
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"wrote {manifest_path} in {time.time() - started:.1f} s", flush=True)
     if failures:

@@ -168,3 +168,18 @@ fn missing_directory_and_malformed_manifest_are_reported() {
     let (code, stderr) = validate_cli(tmp.path(), "unet");
     assert_one_line_error(code, &stderr, "manifest.json is malformed");
 }
+
+#[test]
+fn weightless_set_asks_for_materialization() {
+    // exporter-specs/export.py --weightless writes graphs without weight data and marks the
+    // manifest; its external data entries carry sizes instead of checksums.
+    let tmp = tiny_copy();
+    edit_manifest(tmp.path(), |m| {
+        m["weightless"] = serde_json::Value::Bool(true);
+        for entry in m["graphs"].as_object_mut().unwrap().values_mut() {
+            entry["external_data"] = serde_json::json!([{"file": "x.onnx.data", "bytes": 4096}]);
+        }
+    });
+    let (code, stderr) = validate_cli(tmp.path(), "unet");
+    assert_one_line_error(code, &stderr, "exporter-specs/materialize.py");
+}

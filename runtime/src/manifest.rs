@@ -218,9 +218,18 @@ impl ModelSet {
         let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
             Error::model_set(&set_name, format!("cannot read {MANIFEST_FILE}: {e}"))
         })?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+        let malformed = |e: serde_json::Error| {
             Error::model_set(&set_name, format!("{MANIFEST_FILE} is malformed: {e}"))
-        })?;
+        };
+        let raw: serde_json::Value = serde_json::from_str(&text).map_err(malformed)?;
+        if raw.get("weightless").and_then(serde_json::Value::as_bool) == Some(true) {
+            return Err(Error::model_set(
+                &set_name,
+                "holds graph structure only (exported with --weightless); write its weights with \
+                 `python exporter-specs/materialize.py SET OUT` and open OUT",
+            ));
+        }
+        let manifest: Manifest = serde_json::from_str(&text).map_err(malformed)?;
         if manifest.format != FORMAT_VERSION {
             return Err(Error::model_set(
                 &set_name,
