@@ -2,7 +2,7 @@
 
 Times, on one CUDA GPU, an SDXL UNet and the ControlNet built from it (diffusers, random weights,
 default SDPA attention) at 1024x1024 (128x128 latents), batch 2 (CFG):
-  - one UNet call, sequence 77 and 77+16*people,
+  - one UNet call and one ControlNet call, sequence 77 and 77+16*people,
   - one ControlNet + UNet step, both sequence lengths,
   - the whole denoising loop (default 50 steps, 2 people) with the ID injection schedule: steps
     i < steps*(1 - id_injection_ratio) see the 77 text tokens only, later ones 77+16*people;
@@ -131,8 +131,8 @@ def main():
             return_dict=False,
         )[0]
 
-    def step(s, x=sample, t=timestep):
-        down, mid = controlnet(
+    def controlnet_call(s, x=sample, t=timestep):
+        return controlnet(
             x,
             t,
             encoder_hidden_states=hidden[s],
@@ -141,6 +141,9 @@ def main():
             added_cond_kwargs=added,
             return_dict=False,
         )
+
+    def step(s, x=sample, t=timestep):
+        down, mid = controlnet_call(s, x, t)
         return unet(
             x,
             t,
@@ -178,6 +181,7 @@ def main():
     with torch.inference_mode():
         for s in seqs:
             results[f"unet_seq{s}"] = timed(lambda: unet_call(s), args.warmup, args.runs, device)
+            results[f"controlnet_seq{s}"] = timed(lambda: controlnet_call(s), args.warmup, args.runs, device)
             results[f"controlnet_unet_step_seq{s}"] = timed(lambda: step(s), args.warmup, args.runs, device)
         results[f"loop_{args.steps}_steps"] = timed(loop, 1, args.loop_runs, device)
     print(json.dumps(results, indent=1))
