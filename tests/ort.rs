@@ -296,6 +296,8 @@ fn unavailable_gpu_provider_is_an_error_not_a_cpu_fallback() {
         ]);
         assert_eq!(code, 2, "{ep}: {stderr}");
         assert!(stderr.contains(&format!("the {ep} provider")), "{stderr}");
+        // ONNX Runtime's own message can end in a newline (the GPU build's does): still one line.
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(!stdout.contains("patch_proj "), "{ep} ran anyway: {stdout}");
     }
 }

@@ -59,7 +59,12 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // One line, whatever the message: ONNX Runtime's own messages may hold newlines.
+            let message = format!("{err:#}");
+            eprintln!(
+                "error: {}",
+                message.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
             ExitCode::from(exit_code_of(&err))
         }
     }
