@@ -45,9 +45,9 @@ strip -o "$gpu/run/idpatch" target/gpu/release/idpatch
 ls "$gpu/run/wheels"/diffusers-0.42.1-*.whl > /dev/null 2>&1 ||
   python3 -m pip download -q --no-deps diffusers==0.42.1 -d "$gpu/run/wheels"
 
-export_set() { # SET_NAME EXTRA_ARGS...
-  local set=$1
-  shift
+export_set() { # SET_NAME PRECISION EXTRA_ARGS...
+  local set=$1 precision=$2
+  shift 2
   local graphs
   for graphs in text_encoder,text_encoder_2 unet controlnet vae_decoder,arcface,patch_proj,prompt_proj; do
     if [ -f "$gpu/sets/$set/manifest.json" ] &&
@@ -55,11 +55,13 @@ export_set() { # SET_NAME EXTRA_ARGS...
         "$gpu/sets/$set/manifest.json" "$graphs"; then
       continue
     fi
-    "$python" exporter-specs/export.py --random --size full --weightless --precision fp16 --graphs "$graphs" \
-      --out "$gpu/sets/$set" "$@"
+    "$python" exporter-specs/export.py --random --size full --weightless --precision "$precision" \
+      --graphs "$graphs" --out "$gpu/sets/$set" "$@"
   done
 }
-export_set full-fp16
+export_set full-fp16 fp16
+# FP32, for the FP16-vs-FP32 comparison (weights are 20 GB once materialized).
+export_set full-fp32 fp32
 # The fused set shares the six small graphs with the plain one; only UNet and ControlNet differ.
 # One graph per run: the UNet and ControlNet modules together would not fit in 24 GB.
 if [ ! -f "$gpu/sets/full-fp16-cuda.done" ]; then
@@ -73,5 +75,5 @@ if [ ! -f "$gpu/sets/full-fp16-cuda.done" ]; then
 fi
 
 # About 22 MB as files, under 2 MB packed: the repository takes ~32 MB of each 64 MiB transfer.
-tar -C "$gpu/sets" -cf - full-fp16 full-fp16-cuda | xz -9 -T0 > "$gpu/run/sets.tar.xz"
+tar -C "$gpu/sets" -cf - full-fp16 full-fp16-cuda full-fp32 | xz -9 -T0 > "$gpu/run/sets.tar.xz"
 du -sh "$gpu"/ort-a "$gpu"/ort-b "$gpu"/run

@@ -9,6 +9,7 @@
 #                     CUDA provider (fused vs plain FP16, sequence 109 and 77), and PyTorch eager
 #                     (needs .gpu/run)
 #   run.sh loop       CUDA graphs, and the whole 50-step 2-person pipeline split by stage
+#   run.sh fp32       (optional) plain FP16 against FP32, and FP32 with TF32
 #
 # Results collect in /tmp/idpatch-gpu/results (one file per command, stderr beside it, and
 # commands.txt); each phase ends by packing them all into $OUT/results-PHASE.tar.gz when OUT is
@@ -20,7 +21,7 @@
 # (.gpu/run/idpatch), MATERIALIZE_DEVICE (cuda), TORCH_ARGS (extra torch_reference.py arguments),
 # GPU_PYTHON, TORCH_SITE, ORT_DYLIB_PATH.
 set -uo pipefail
-phase=${1:?usage: run.sh ort-a|ort-b|graphs|loop}
+phase=${1:?usage: run.sh ort-a|ort-b|graphs|loop|fp32}
 out=/tmp/idpatch-gpu/results
 mkdir -p "$out"
 site=${TORCH_SITE:-/opt/torch/.venv/lib/python3.12/site-packages}
@@ -99,8 +100,14 @@ case $phase in
     # PyTorch eager moves from run to run: a second sample, minutes after the first.
     measure torch-reference-2.json 200 "$py" benches/gpu/torch_reference.py --people 2 --steps "$steps" "${torch_args[@]}"
     ;;
+  fp32)
+    export PYTHONPATH=/tmp/idpatch-gpu/py
+    materialize full-fp32
+    measure fp16-vs-fp32-seq109.jsonl 300 "$bin" "${common[@]}" --compare "$sets/full-fp16" "$sets/full-fp32"
+    measure fp32-tf32-seq109.jsonl 200 "$bin" "${common[@]}" --models "$sets/full-fp32" --tf32
+    ;;
   *)
-    echo "run.sh: unknown phase $phase (ort-a, ort-b, graphs, loop)" >&2
+    echo "run.sh: unknown phase $phase (ort-a, ort-b, graphs, loop, fp32)" >&2
     exit 2
     ;;
 esac
