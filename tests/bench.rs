@@ -83,6 +83,27 @@ fn bad_arguments_are_input_errors() {
             vec!["--graphs", "unetx"],
             "--graphs: unknown graph \"unetx\"",
         ),
+        // GPU settings where no GPU provider runs are refused, not ignored.
+        (
+            vec!["--graphs", "patch_proj", "--tf32"],
+            "--tf32: applies to ONNX Runtime's CUDA provider",
+        ),
+        (
+            vec!["--graphs", "patch_proj", "--cuda-graph"],
+            "--cuda-graph: applies to ONNX Runtime's CUDA provider",
+        ),
+        (
+            vec![
+                "--graphs",
+                "patch_proj",
+                "--backend",
+                "ort",
+                "--ep",
+                "cpu",
+                "--tf32",
+            ],
+            "--tf32: TF32 is a CUDA setting",
+        ),
     ] {
         let (code, _, stderr) = bench(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");

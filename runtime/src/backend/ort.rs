@@ -365,6 +365,12 @@ impl OrtBackend {
                 ),
             ));
         }
+        if options.tf32 && options.ep == Ep::Cpu {
+            return Err(Error::invalid_input(
+                "--tf32",
+                "TF32 is a CUDA setting (got --ep cpu)",
+            ));
+        }
         if options.intra_threads == Some(0) {
             return Err(Error::invalid_input("--threads", "must be at least 1"));
         }

@@ -72,7 +72,18 @@ impl BackendArgs {
     /// The backend. ONNX Runtime outputs stay on the device until a caller copies them back.
     pub fn make(&self) -> Result<Box<dyn Backend>, Error> {
         match self.backend {
-            BackendKind::Tract => make_tract(),
+            BackendKind::Tract => {
+                // GPU settings asked for on the CPU-only backend are an error, not ignored.
+                for (flag, given) in [("--tf32", self.tf32), ("--cuda-graph", self.cuda_graph)] {
+                    if given {
+                        return Err(Error::invalid_input(
+                            flag,
+                            "applies to ONNX Runtime's CUDA provider, not to --backend tract",
+                        ));
+                    }
+                }
+                make_tract()
+            }
             BackendKind::Ort => make_ort(self),
         }
     }
