@@ -332,7 +332,7 @@ fn bad_inputs_exit_2_with_one_line_and_no_output() {
             // A multiple of 8 gives 9x8 latents, which the UNet's two downsamplings cannot take.
             "size32.json",
             format!(r#"{{"width": 72, "height": 64, "people": [{good_person}]}}"#),
-            "layout width: 72 is not a multiple of 32",
+            "layout width: 72 is not a positive multiple of 32",
         ),
         (
             "both.json",

@@ -81,7 +81,8 @@ pub fn time_graph(
 /// The sizes inputs are made up at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SynthSize {
-    /// Output image size in pixels (multiples of 32).
+    /// Output image size in pixels (multiples of the set's VAE factor times its latent multiple:
+    /// 32 for SDXL).
     pub height: usize,
     pub width: usize,
     /// People in the photo: the `faces` axis, and 16 ID tokens each on the `sequence` axis.
@@ -170,18 +171,10 @@ impl SplitMix {
 /// Made-up inputs for a graph at a size, in the graph's declared dtypes: plausible values for the
 /// inputs whose value matters (token ids, timestep, time ids, scales), noise for the rest.
 pub fn synth_inputs(set: &ModelSet, role: Role, size: &SynthSize) -> Result<Vec<(String, Tensor)>> {
-    if size.height == 0 || size.height % 32 != 0 {
-        return Err(Error::invalid_input(
-            "--height",
-            format!("{} is not a positive multiple of 32", size.height),
-        ));
-    }
-    if size.width == 0 || size.width % 32 != 0 {
-        return Err(Error::invalid_input(
-            "--width",
-            format!("{} is not a positive multiple of 32", size.width),
-        ));
-    }
+    pipeline::check_image_sides(
+        &set.manifest.config,
+        [("--height", size.height), ("--width", size.width)],
+    )?;
     if size.people == 0 {
         return Err(Error::invalid_input("--people", "must be at least 1"));
     }

@@ -358,8 +358,8 @@ pub fn prepare_with_faces(
     check_image_sides(
         config,
         [
-            ("layout width", layout.width),
-            ("layout height", layout.height),
+            ("layout width", layout.width as usize),
+            ("layout height", layout.height as usize),
         ],
     )?;
     let started = Instant::now();
@@ -884,17 +884,18 @@ pub fn to_rgb8(planar: &[f32], width: usize, height: usize) -> Result<Rgb8> {
     Rgb8::new(width, height, rgb)
 }
 
-/// Image sides a set can generate: multiples of the VAE factor times the latent multiple the
-/// UNet needs. `sides` names each value as the user gave it (a layout field or a flag).
-pub fn check_image_sides(config: &SetConfig, sides: [(&str, u32); 2]) -> Result<()> {
+/// Image sides a set can generate: positive multiples of the VAE factor times the latent
+/// multiple the UNet needs. `sides` names each value as the user gave it (a layout field or a
+/// flag).
+pub fn check_image_sides(config: &SetConfig, sides: [(&str, usize); 2]) -> Result<()> {
     let multiple = config.vae_scale_factor * config.latent_multiple.max(1);
     for (name, value) in sides {
-        if value as usize % multiple != 0 {
+        if value == 0 || value % multiple != 0 {
             return Err(Error::invalid_input(
                 name,
                 format!(
-                    "{value} is not a multiple of {multiple} (the VAE factor {} times the {} \
-                     the UNet needs latent sides divisible by)",
+                    "{value} is not a positive multiple of {multiple} (the VAE factor {} times \
+                     the {} the UNet needs latent sides divisible by)",
                     config.vae_scale_factor, config.latent_multiple
                 ),
             ));

@@ -338,7 +338,10 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
             for config in configs {
                 check_image_sides(
                     &config.set.manifest.config,
-                    [("--width", layout.width), ("--height", layout.height)],
+                    [
+                        ("--width", layout.width as usize),
+                        ("--height", layout.height as usize),
+                    ],
                 )?;
             }
             let faces = vec![synth_face(); layout.people.len()];
