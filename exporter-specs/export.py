@@ -612,13 +612,13 @@ def export_weightless(name: str, modules: dict, spec: dict, example: dict[str, n
                 model = to_fp16(model, disable_shape_infer=big)
         finally:
             os.chdir(previous)
-        data_bytes = detach_weights(model, pathlib.Path(scratch), path.name + ".data")
-        for stale in (path, path.with_name(path.name + ".data")):
+        placeholder = path.with_name(path.name + ".data")
+        data_bytes = detach_weights(model, pathlib.Path(scratch), placeholder.name)
+        for stale in (path, placeholder):
             if stale.exists():
                 stale.unlink()
         onnx.save_model(model, str(path))
     # The checker wants the data file to exist: a sparse placeholder of the right size, removed after.
-    placeholder = path.with_name(path.name + ".data")
     with open(placeholder, "wb") as handle:
         handle.truncate(data_bytes)
     try:

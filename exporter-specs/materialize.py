@@ -55,24 +55,17 @@ class Values:
 
     def __init__(self, device: str, seed: int):
         self.seed = seed
-        self.torch = None
-        if device in ("auto", "cuda"):
+        self.torch, self.device = None, "cpu"
+        if device != "cpu":
             try:
                 import torch
-
-                if torch.cuda.is_available():
-                    self.torch, self.device = torch, "cuda"
             except ImportError:
-                pass
-            if device == "cuda" and self.torch is None:
+                torch = None
+            if torch is not None:
+                self.torch = torch
+                self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            if device == "cuda" and self.device != "cuda":
                 raise SystemExit("materialize.py: --device cuda asked for, but torch with CUDA is not available")
-        if self.torch is None and device != "cpu":
-            try:
-                import torch
-
-                self.torch, self.device = torch, "cpu"
-            except ImportError:
-                pass
 
     def make(self, stream: list[int], numel: int, data_type: int, std: float, positive: bool) -> bytes:
         from onnx import TensorProto

@@ -47,10 +47,7 @@ fn made_up_inputs_follow_the_requested_size() {
         "--json",
     ]);
     assert_eq!(code, 0, "{stderr}");
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = common::json_lines(&stdout);
     assert_eq!(lines.len(), 2);
     let cn = &lines[0]["shapes"];
     assert_eq!(lines[0]["inputs"], "synth");

@@ -357,10 +357,7 @@ fn bench_compares_tract_and_ort_cpu() {
         "--json",
     ]);
     assert_eq!(code, 0, "{stderr}");
-    let lines: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = common::json_lines(&stdout);
     assert_eq!(lines.len(), 3, "{stdout}");
     assert_eq!(lines[0]["config"], "tract");
     assert_eq!(lines[1]["config"], "ort-cpu");

@@ -120,10 +120,10 @@ def main():
     }
     hidden = {s: torch.randn(batch, s, 2048, device=device, dtype=dtype) for s in seqs}
 
-    def unet_call(s, down=None, mid=None):
+    def unet_call(s, x=sample, t=timestep, down=None, mid=None):
         return unet(
-            sample,
-            timestep,
+            x,
+            t,
             encoder_hidden_states=hidden[s],
             added_cond_kwargs=added,
             down_block_additional_residuals=down,
@@ -144,15 +144,7 @@ def main():
 
     def step(s, x=sample, t=timestep):
         down, mid = controlnet_call(s, x, t)
-        return unet(
-            x,
-            t,
-            encoder_hidden_states=hidden[s],
-            added_cond_kwargs=added,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-            return_dict=False,
-        )[0]
+        return unet_call(s, x, t, down, mid)
 
     scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER)
 

@@ -28,6 +28,14 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
 }
 
 /// A command for the `idpatch` binary under test.
+/// `idpatch ... --json` output: one JSON object per line.
+pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
 pub fn command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_idpatch"))
 }
