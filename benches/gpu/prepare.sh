@@ -11,14 +11,14 @@
 #
 # usage: benches/gpu/prepare.sh [PACK_ORT_SCRIPT]
 #   PACK_ORT_SCRIPT: the GPU environment's pack-ort-gpu.sh (default ../shared/gpu/pack-ort-gpu.sh)
-# Environment: PYTHON (exporter Python, default /opt/idp-venv/bin/python).
+# Environment: PYTHON (exporter Python, default: the one scripts/pyenv.sh makes).
 # The weightless exports take ~40 min on 2 cores and ~12 GB of memory at the UNet; steps already
 # done are skipped on a re-run.
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
 pack_ort=${1:-../shared/gpu/pack-ort-gpu.sh}
-python=${PYTHON:-/opt/idp-venv/bin/python}
+python=${PYTHON:-$(scripts/pyenv.sh)}
 gpu=.gpu
 exclude=$(git rev-parse --git-path info/exclude)
 mkdir -p "$(dirname "$exclude")"

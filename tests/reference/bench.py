@@ -1,7 +1,7 @@
 """Reference statistics for runtime/src/bench.rs: numpy's median, 90th percentile (default
 linear method) and mean of a few timing samples. Run once by hand:
 
-    /opt/idp-venv/bin/python tests/reference/bench.py
+    "$(scripts/pyenv.sh)" tests/reference/bench.py
 """
 
 import json

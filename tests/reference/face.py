@@ -1,7 +1,7 @@
 """Reference values for face alignment (ArcFace input preparation).
 
 Run once by hand from the repository root:
-    /opt/idp-venv/bin/python tests/reference/face.py
+    "$(scripts/pyenv.sh)" tests/reference/face.py
 
 Inputs: crops of scikit-image's bundled astronaut photo (upright, rotated, scaled down, face near
 the image edge), with five hand-placed keypoints each (left eye, right eye, nose, mouth left, mouth

@@ -3,7 +3,7 @@ float16 with a dynamic batch axis) and the outputs onnxruntime's Python API (CPU
 computes for an input, so that the Rust backend's f32 -> f16 input conversion and f16 -> f32
 read-back can be checked. Run once by hand:
 
-    /opt/idp-venv/bin/python tests/reference/ort.py
+    "$(scripts/pyenv.sh)" tests/reference/ort.py
 """
 
 import json

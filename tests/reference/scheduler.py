@@ -1,7 +1,7 @@
 """Reference data for the scheduler tests: runs diffusers' schedulers and records what they compute.
 
 Run once by hand (not in CI) from the repository root:
-    /opt/idp-venv/bin/python tests/reference/scheduler.py
+    "$(scripts/pyenv.sh)" tests/reference/scheduler.py
 It writes tests/data/scheduler/reference.json.
 
 Every case builds `<Class>.from_config(SDXL_BASE | overrides)` (what the runtime does with a

@@ -8,7 +8,7 @@ The vocabulary files are rebuilt from open_clip's shipped merge list (exporter-s
 so this script also checks the rebuild against open_clip's own tokenizer on every prompt whose text
 normalisation is the same in both (open_clip additionally runs ftfy and HTML unescaping).
 
-Run by hand: /opt/idp-venv/bin/python tests/reference/tokenizer.py
+Run by hand: "$(scripts/pyenv.sh)" tests/reference/tokenizer.py
 Writes tests/data/tokenizer/reference.json.
 """
 
