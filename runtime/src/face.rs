@@ -377,19 +377,75 @@ mod tests {
         assert_eq!(shifted.pixel(2, 1), img.pixel(0, 1));
     }
 
-    #[test]
-    fn fma_and_portable_sampling_agree() {
-        let data = (0..97 * 61 * 3)
-            .map(|i: usize| (i.wrapping_mul(2654435761) >> 7) as u8)
-            .collect();
-        let img = Rgb8::new(97, 61, data).unwrap();
-        let m = rotation(23.0, 1.7, [-40.0, 12.0]);
+    fn data_dir(suite: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(suite)
+    }
+
+    fn read_json(path: &std::path::Path) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// Warps `img` by `m` into a 112x112 crop with the loop chosen for this CPU and with the
+    /// portable one (software fused multiply-add when the CPU has none), in that order.
+    fn both_loops(img: &Rgb8, m: [[f64; 3]; 2]) -> [Rgb8; 2] {
         let inv = invert_affine(&m).unwrap();
-        let (mut dispatched, mut portable) = (Rgb8::zeros(112, 112), Rgb8::zeros(112, 112));
-        warp_rows(&img, &inv, &mut dispatched);
-        warp_rows_generic(&img, &inv, &mut portable);
-        assert_eq!(dispatched, portable);
-        assert!(portable.data().iter().any(|&v| v != 0));
+        let mut dispatched = Rgb8::zeros(ARCFACE_SIZE, ARCFACE_SIZE);
+        let mut portable = Rgb8::zeros(ARCFACE_SIZE, ARCFACE_SIZE);
+        warp_rows(img, &inv, &mut dispatched);
+        warp_rows_generic(img, &inv, &mut portable);
+        [dispatched, portable]
+    }
+
+    fn count_differing(a: &Rgb8, b: &Rgb8) -> usize {
+        a.data()
+            .iter()
+            .zip(b.data())
+            .filter(|(x, y)| x != y)
+            .count()
+    }
+
+    // Expected: cv2.warpAffine(img, M, (112, 112), INTER_LINEAR, BORDER_CONSTANT, 0) of OpenCV
+    // 5.0 on a noise image, where any change in the rounding shows (tests/reference/warp.py,
+    // tests/data/warp/), and the aligned face crops of tests/reference/face.py. Both the loop
+    // built for FMA CPUs and the portable one must reproduce every byte.
+    #[test]
+    fn fma_and_portable_sampling_match_opencv() {
+        let warp = data_dir("warp");
+        let meta = read_json(&warp.join("cases.json"));
+        let noise = crate::image_io::load_rgb8(&warp.join("noise.png")).unwrap();
+        let cases = meta["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 8);
+        for case in cases {
+            let m = &case["m"];
+            let m = std::array::from_fn(|r| std::array::from_fn(|c| m[r][c].as_f64().unwrap()));
+            let file = case["file"].as_str().unwrap();
+            let want = crate::image_io::load_rgb8(&warp.join(file)).unwrap();
+            let lit = want.data().chunks(3).filter(|p| p != &[0, 0, 0]).count();
+            assert_eq!(lit as u64, case["nonzero"].as_u64().unwrap(), "{file}");
+            for (path, got) in ["dispatched", "portable"].iter().zip(both_loops(&noise, m)) {
+                let n = count_differing(&got, &want);
+                assert_eq!(
+                    n, 0,
+                    "noise crop {file}, {path} loop: {n} bytes differ from OpenCV"
+                );
+            }
+        }
+
+        let face = data_dir("face");
+        let meta = read_json(&face.join("cases.json"));
+        for case in ["upright", "rotated20", "small", "edge"] {
+            let kps = &meta["cases"][case]["keypoints"];
+            let kps = std::array::from_fn(|i| std::array::from_fn(|j| kps[i][j].as_f64().unwrap()));
+            let img = crate::image_io::load_rgb8(&face.join(format!("{case}.png"))).unwrap();
+            let want = crate::npy::read(&face.join(format!("{case}_input.npy"))).unwrap();
+            let m = similarity_transform(&kps, &ARCFACE_TEMPLATE).unwrap();
+            for (path, crop) in ["dispatched", "portable"].iter().zip(both_loops(&img, m)) {
+                let got = arcface_tensor(&crop).unwrap();
+                assert!(got == want, "face {case}, {path} loop: differs from OpenCV");
+            }
+        }
     }
 
     #[test]
