@@ -627,7 +627,9 @@ mod tests {
 
     #[test]
     fn circle_of_radius_four_matches_opencv_shape() {
-        // cv2.circle(np.zeros((9,9,3),np.uint8), (4,4), 4, (255,0,0), -1) row widths.
+        // OpenCV 5.0.0: img = np.zeros((9, 9, 3), np.uint8);
+        // cv2.circle(img, (4, 4), 4, (255, 0, 0), -1); (img[:, :, 0] == 255).sum(axis=1)
+        // -> [1, 5, 7, 7, 9, 7, 7, 5, 1]. (Whole skeletons: tests/condition.rs.)
         let mut img = RgbImage::black(9, 9);
         fill_circle(&mut img, 4, 4, 4, [255, 0, 0]);
         let widths: Vec<usize> = (0..9)
@@ -642,7 +644,10 @@ mod tests {
             bf16_positions: true,
         };
         // 301 is not a bfloat16 (step 2 in 256..511): it rounds to 300 (ties to even).
+        // torch 2.11: c = torch.tensor([301.0]).bfloat16();
+        // torch.round(c - 32), torch.round(c + 32) -> 268.0, 332.0
         assert_eq!(window(301.0, &opts), (268, 332));
+        // numpy 2.4.6: np.round(301.0 - 32), np.round(301.0 + 32) -> 269.0, 333.0
         assert_eq!(window(301.0, &ConditionOptions::default()), (269, 333));
     }
 }

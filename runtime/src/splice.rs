@@ -174,19 +174,47 @@ mod tests {
         (0..n).find(|&i| ids_active(i, n, ratio)).unwrap_or(n)
     }
 
-    // Expected boundaries are Python's `i < len(timesteps) * (1 - id_injection_ratio)` from
-    // StableDiffusionXLIDPatchPipeline, evaluated in CPython (float64).
+    // Expected: `i < len(timesteps) * (1 - id_injection_ratio)` of ID-Patch's SDXL pipeline,
+    // evaluated by CPython in float64 for 64 step counts x 22 ratios (tests/reference/splice.py,
+    // tests/data/splice/schedule.json). Among them: 50 steps at ratio 0.8 give
+    // 50 * 0.19999999999999996 = 9.999999999999998, so step 10 is the first with ID tokens.
     #[test]
     fn schedule_boundaries_match_the_reference_float_comparison() {
-        assert_eq!(first_active(50, 0.8), 10); // 50 * 0.19999999999999996 = 9.999999999999998
-        assert_eq!(first_active(7, 0.8), 2); // 7 * 0.19999999999999996 = 1.3999999999999997
-        assert_eq!(first_active(50, 0.0), 50); // never
-        assert_eq!(first_active(7, 0.0), 7);
-        assert_eq!(first_active(50, 1.0), 0); // from the first step
-        assert_eq!(first_active(7, 1.0), 0);
-        assert_eq!(first_active(50, 0.5), 25); // 25.0 exactly: step 25 is active
-        assert!(!ids_active(9, 50, 0.8) && ids_active(10, 50, 0.8));
-        assert!(!ids_active(1, 7, 0.8) && ids_active(2, 7, 0.8));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/splice/schedule.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (made by tests/reference/splice.py)",
+                path.display()
+            )
+        });
+        let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let steps: Vec<usize> = reference["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap() as usize)
+            .collect();
+        let table = reference["first_active"].as_object().unwrap();
+        assert_eq!(table.len(), 22);
+        let mut checked = 0;
+        for (ratio_text, firsts) in table {
+            // Parsed as the CLI parses --id-injection-ratio.
+            let ratio: f64 = ratio_text.parse().unwrap();
+            for (&n, first) in steps.iter().zip(firsts.as_array().unwrap()) {
+                let first = first.as_u64().unwrap() as usize;
+                assert_eq!(
+                    first_active(n, ratio),
+                    first,
+                    "{n} steps, ratio {ratio_text}"
+                );
+                // Text only before the boundary, ID tokens from it on: never back.
+                assert!((first..n).all(|i| ids_active(i, n, ratio)));
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 64 * 22);
+        assert_eq!(first_active(50, 0.8), 10);
     }
 
     #[test]
@@ -204,6 +232,14 @@ mod tests {
         Tensor::from_f32(shape, (0..n).map(|i| base + i as f32).collect()).unwrap()
     }
 
+    // Expected rows: the reference's concatenation in torch 2.11 on the same filled tensors,
+    //   cond = torch.cat([text[None], ids.reshape(1, -1, 3)], dim=1)
+    //   uncond = torch.cat([neg_text, neg_ids], dim=1); full = torch.cat([uncond, cond])
+    //   full[0, 0], full[0, 77], full[1, 76], full[1, 77], full[1, 93], full[1, 108]
+    //   -> [10000, 10001, 10002] [20000, 20001, 20002] [228, 229, 230] [1000, 1001, 1002]
+    //      [1048, 1049, 1050] [1093, 1094, 1095]
+    // with text = arange(77 * 3).reshape(77, 3), ids = 1000 + arange(96).reshape(2, 16, 3),
+    // neg_text = 10000 + arange(231).reshape(1, 77, 3), neg_ids = 20000 + arange(96).reshape(1, 32, 3).
     #[test]
     fn sequences_are_text_then_people_in_order() {
         let d = 3;
