@@ -676,16 +676,31 @@ fn trailing_timesteps(train_steps: usize, n: usize) -> Vec<i64> {
 mod tests {
     use super::*;
 
+    // Expected: the CLASSES table of tests/reference/scheduler.py (our --scheduler names -> the
+    // diffusers classes the reference values came from), with the class names as diffusers 0.42.1
+    // spells them: `{k: c.__name__ for k, c in CLASSES.items()}`.
     #[test]
-    fn kind_names_round_trip() {
-        for kind in SchedulerKind::ALL {
-            assert_eq!(kind.name().parse::<SchedulerKind>().unwrap(), kind);
-            assert_eq!(
-                SchedulerKind::from_class_name(kind.class_name()),
-                Some(kind)
-            );
+    fn names_match_the_diffusers_classes() {
+        use SchedulerKind::*;
+        let expected = [
+            ("euler", "EulerDiscreteScheduler", Euler),
+            ("euler-a", "EulerAncestralDiscreteScheduler", EulerAncestral),
+            ("ddim", "DDIMScheduler", Ddim),
+            (
+                "dpmpp-2m",
+                "DPMSolverMultistepScheduler",
+                DpmSolverMultistep,
+            ),
+        ];
+        assert_eq!(SchedulerKind::ALL.len(), expected.len());
+        for (name, class, kind) in expected {
+            assert_eq!(name.parse::<SchedulerKind>().unwrap(), kind, "{name}");
+            assert_eq!(kind.name(), name);
+            assert_eq!(SchedulerKind::from_class_name(class), Some(kind), "{class}");
+            assert_eq!(kind.class_name(), class);
         }
         assert!("lms".parse::<SchedulerKind>().is_err());
+        assert_eq!(SchedulerKind::from_class_name("LMSDiscreteScheduler"), None);
     }
 
     #[test]
