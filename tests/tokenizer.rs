@@ -93,7 +93,9 @@ fn tokens_used_counts_ids_before_padding() {
     }
 }
 
-// Expected: reference.json vocabulary facts (49408 tokens, <|startoftext|> 49406, <|endoftext|> 49407).
+// Expected: transformers 5.23, t = CLIPTokenizer("models/tiny/tokenizer/vocab.json",
+// "models/tiny/tokenizer/merges.txt"); len(t), t.bos_token_id, t.eos_token_id, t.pad_token_id
+// -> 49408 49406 49407 49407 (the second SDXL tokenizer pads with 0, reference.json pad_token_id).
 #[test]
 fn special_ids_and_vocabulary_size() {
     let tokenizer = load(49407);

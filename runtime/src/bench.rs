@@ -419,13 +419,12 @@ mod tests {
         assert_eq!(summarize(&[]), None);
     }
 
+    // The sum of four U(0, 1) has mean 2 and variance 4/12, so (s - 2) * sqrt(3) has mean 0 and
+    // variance 1.
     #[test]
-    fn generator_is_deterministic_and_spread() {
+    fn generator_is_spread_like_a_standard_normal() {
         let mut a = SplitMix(7);
-        let mut b = SplitMix(7);
         let xs: Vec<f32> = (0..10_000).map(|_| a.next_normal()).collect();
-        let ys: Vec<f32> = (0..10_000).map(|_| b.next_normal()).collect();
-        assert_eq!(xs, ys);
         let mean = xs.iter().sum::<f32>() / xs.len() as f32;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / xs.len() as f32;
         assert!(mean.abs() < 0.05, "mean {mean}");

@@ -965,6 +965,9 @@ mod tests {
     #[test]
     fn rgb8_rounds_half_away_from_zero_and_clamps() {
         // 0.5/255 -> 0.5 -> 1; 1.5/255 -> 2; 2.5/255 -> 3 (half to even would give 2).
+        // numpy 2.4.6: x = np.clip(np.float32(v), 0, 1) * np.float32(255) is exactly
+        // [0.5, 1.5, 2.5, 0, 255, 255]; np.floor(x + 0.5) -> [1, 2, 3, 0, 255, 255], while
+        // diffusers' np.round(x) -> [0, 2, 2, 0, 255, 255].
         let v = [0.5 / 255.0, 1.5 / 255.0, 2.5 / 255.0, -0.3, 1.7, 1.0];
         let planar: Vec<f32> = [v.map(|x| x as f32); 3].concat();
         let img = to_rgb8(&planar, 6, 1).unwrap();
@@ -972,6 +975,8 @@ mod tests {
         assert_eq!(reds, [1, 2, 3, 0, 255, 255]);
     }
 
+    // Expected: torch.cat([a, b], dim=-1), as diffusers joins the two encoders' hidden states:
+    // [1, 2, 10, 3, 4, 20] (torch 2.11).
     #[test]
     fn hidden_states_are_joined_on_the_feature_axis() {
         let a = Tensor::from_f32(vec![1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();

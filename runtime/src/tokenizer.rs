@@ -451,6 +451,9 @@ fn byte_symbols() -> [char; 256] {
 mod tests {
     use super::*;
 
+    // Expected: transformers 5.23, b = transformers.convert_slow_tokenizer.bytes_to_unicode();
+    // len(set(b.values())), b[ord("!")], hex(ord(b[ord(" ")])), hex(ord(b[0]))
+    // -> 256 '!' 0x120 0x100
     #[test]
     fn byte_symbols_are_distinct_and_printable_bytes_map_to_themselves() {
         let symbols = byte_symbols();
