@@ -272,7 +272,7 @@ fn faces_resolve_against_the_layout_folder() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-// Expected: overlap_condition.npy from tests/reference/condition.py.
+// Expected: overlap_condition.npy from tests/reference/condition.py, and its preview.
 #[test]
 fn cli_raw_output_equals_reference() {
     let dir = scratch_dir("cli");
@@ -306,8 +306,14 @@ fn cli_raw_output_equals_reference() {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(max <= 1e-6, "max abs diff {max}");
+    // Expected preview: the reference condition clamped, times 255 and rounded, written by Pillow
+    // (tests/reference/condition_preview.py); the raw values agree to 1e-6, so every byte does.
     let preview = image::open(&png).unwrap().into_rgb8();
+    let want = image::open(data_dir().join("overlap_preview.png"))
+        .unwrap()
+        .into_rgb8();
     assert_eq!(preview.dimensions(), (96, 80));
+    assert!(preview == want, "preview differs from the reference PNG");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
