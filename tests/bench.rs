@@ -25,7 +25,7 @@ fn json_has_one_object_per_graph_with_timings_and_shapes() {
         v["p90_ms"].as_f64().unwrap(),
     );
     assert!(median > 0.0 && p90 >= median, "{v}");
-    // The golden input of the tiny set: 3 faces.
+    // The golden input of the tiny set: models/tiny/golden/patch_proj/input.id_embeds.npy, 3 faces.
     assert_eq!(v["shapes"]["id_embeds"], serde_json::json!([3, 1, 512]));
 }
 
@@ -51,6 +51,8 @@ fn made_up_inputs_follow_the_requested_size() {
     assert_eq!(lines.len(), 2);
     let cn = &lines[0]["shapes"];
     assert_eq!(lines[0]["inputs"], "synth");
+    // models/tiny/manifest.json: vae_scale_factor 8 (256x192 px -> 32x24 latents), batch 2 for
+    // CFG, cross_attention_dim 64.
     assert_eq!(cn["sample"], serde_json::json!([2, 4, 32, 24]));
     assert_eq!(cn["controlnet_cond"], serde_json::json!([2, 3, 256, 192]));
     // 77 text tokens + 16 ID tokens for each of 3 people.
