@@ -33,7 +33,6 @@ fn timings(run: &serde_json::Value) -> Timings {
         scheduler: get("scheduler"),
         vae_decode: get("vae_decode"),
         to_rgb: get("to_rgb"),
-        ..Timings::default()
     }
 }
 
