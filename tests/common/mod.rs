@@ -27,7 +27,6 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// A command for the `idpatch` binary under test.
 /// `idpatch ... --json` output: one JSON object per line.
 pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout
@@ -36,6 +35,7 @@ pub fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A command for the `idpatch` binary under test.
 pub fn command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_idpatch"))
 }
