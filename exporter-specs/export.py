@@ -28,9 +28,14 @@ sys.path.insert(0, str(SPECS))
 
 from fusable_attention import FusableAttnProcessor  # noqa: E402
 from idpatch_models import ArcFaceIrSe, Resampler, resampler_state_from_diffusers  # noqa: E402
+from mtcnn_models import DETECTOR_GRAPHS, FACENET_REQUIREMENT, build_detector, read_weight_files  # noqa: E402
 from weights import detach_weights, sha256_of, weight_bytes  # noqa: E402
 
-GRAPH_ORDER = ["text_encoder", "text_encoder_2", "unet", "controlnet", "vae_decoder", "arcface", "patch_proj", "prompt_proj"]
+GRAPH_ORDER = ["text_encoder", "text_encoder_2", "unet", "controlnet", "vae_decoder", "arcface", "patch_proj", "prompt_proj",
+               *DETECTOR_GRAPHS]
+# Graphs that keep float32 in an FP16 set: the SDXL VAE overflows in FP16, and the face detector is
+# small and thresholds its scores.
+FP32_GRAPHS = {"vae_decoder", *DETECTOR_GRAPHS}
 OPSET = 17
 # protobuf cannot hold a model over 2 GiB; stay clear of the limit.
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000
@@ -261,6 +266,10 @@ def build_graph_modules(args, params: dict, wanted: list[str]) -> dict[str, nn.M
         else:
             resampler = Resampler(**params[name])
         modules[name] = PatchProjGraph(resampler, cfg["patch_size"]) if name == "patch_proj" else resampler
+    if any(name in DETECTOR_GRAPHS for name in wanted):
+        # Released weights in every set, random or not: built after everything else and without
+        # touching the global RNG, so the random graphs stay what they were.
+        modules.update(build_detector(read_weight_files(args.facenet_weights)))
 
     for name, module in modules.items():
         module.eval()
@@ -275,7 +284,7 @@ def build_graph_modules(args, params: dict, wanted: list[str]) -> dict[str, nn.M
     if args.random and args.size == "tiny":
         generator = torch.Generator().manual_seed(args.seed + 1)
         for name in GRAPH_ORDER:
-            if name in modules:
+            if name in modules and name not in DETECTOR_GRAPHS:
                 perturb_trivial_parameters(modules[name], generator)
     return {name: modules[name] for name in wanted}
 
@@ -399,7 +408,7 @@ def golden_inputs(name: str, spec: dict, cfg: dict, seed: int, dims: dict) -> di
             out[tname] = np.array([0.8], dtype=np.float32)
         elif tname == "controlnet_cond":
             out[tname] = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
-        elif tname == "face":
+        elif tname in ("face", "image"):
             out[tname] = rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
         elif tname == "id_embeds":
             x = rng.standard_normal(shape)
@@ -680,6 +689,9 @@ def parse_args(argv=None):
     parser.add_argument("--controlnet", help="ID-Patch ControlNetModel folder")
     parser.add_argument("--id-patch", help="id-patch.bin holding patch_proj and prompt_proj")
     parser.add_argument("--arcface", help="IR-SE50 checkpoint (facexlib recognition_arcface_ir_se50.pth)")
+    parser.add_argument("--facenet-weights", type=pathlib.Path,
+                        help=f"MTCNN weights for the face_detector graphs: the {FACENET_REQUIREMENT} wheel, or a folder "
+                             "with its pnet.pt, rnet.pt and onet.pt (default: pip download the wheel from PyPI)")
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     parser.add_argument("--graphs", default=",".join(GRAPH_ORDER), help="comma-separated subset")
     parser.add_argument("--out", required=True, type=pathlib.Path)
@@ -768,8 +780,7 @@ def main(argv=None) -> int:
         path = out / f"{name}.onnx"
         data = path.with_name(path.name + ".data")
         fuse = args.optimize == "cuda" and name in ("unet", "controlnet")
-        # The SDXL VAE overflows in FP16; it stays FP32 in an FP16 set.
-        graph_precision = "fp32" if name == "vae_decoder" else args.precision
+        graph_precision = "fp32" if name in FP32_GRAPHS else args.precision
         expected = None
         if args.weightless:
             fused, data_bytes = export_weightless(name, modules, spec, inputs, path, fuse, graph_precision)
@@ -851,6 +862,7 @@ def main(argv=None) -> int:
             "transformers": transformers.__version__,
             "onnx": onnx.__version__,
             "exporter": "exporter-specs/export.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+            "face_detector": f"MTCNN weights of {FACENET_REQUIREMENT} (PyPI, MIT licence)",
         },
         "config": cfg,
         "tokenizers": tokenizers,
@@ -858,7 +870,8 @@ def main(argv=None) -> int:
         "graphs": {name: entries[name] for name in GRAPH_ORDER if name in entries},
     }
     if args.precision == "fp16":
-        manifest["notes"] = ["vae_decoder stays fp32: the SDXL VAE overflows in fp16"]
+        manifest["notes"] = ["vae_decoder stays fp32: the SDXL VAE overflows in fp16",
+                             "the face_detector graphs stay fp32"]
     if args.weightless:
         manifest["weightless"] = True
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -15,7 +15,8 @@ use crate::{Error, Result};
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const FORMAT_VERSION: u32 = 1;
 
-/// The graphs of an ID-Patch set, in pipeline order.
+/// The graphs of an ID-Patch set, in pipeline order, then the face detector's three networks
+/// (MTCNN's P-Net, R-Net and O-Net, see [`crate::detect`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     TextEncoder,
@@ -26,10 +27,13 @@ pub enum Role {
     Controlnet,
     Unet,
     VaeDecoder,
+    FaceDetectorPnet,
+    FaceDetectorRnet,
+    FaceDetectorOnet,
 }
 
 impl Role {
-    pub const ALL: [Role; 8] = [
+    pub const ALL: [Role; 11] = [
         Role::TextEncoder,
         Role::TextEncoder2,
         Role::Arcface,
@@ -38,6 +42,9 @@ impl Role {
         Role::Controlnet,
         Role::Unet,
         Role::VaeDecoder,
+        Role::FaceDetectorPnet,
+        Role::FaceDetectorRnet,
+        Role::FaceDetectorOnet,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +57,9 @@ impl Role {
             Role::Controlnet => "controlnet",
             Role::Unet => "unet",
             Role::VaeDecoder => "vae_decoder",
+            Role::FaceDetectorPnet => "face_detector_pnet",
+            Role::FaceDetectorRnet => "face_detector_rnet",
+            Role::FaceDetectorOnet => "face_detector_onet",
         }
     }
 
