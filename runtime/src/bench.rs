@@ -314,6 +314,7 @@ pub fn synth_layout(width: usize, height: usize, people: usize) -> Result<Layout
                 h as f32 / 2.0,
             ]),
             face_keypoints: None,
+            face_index: None,
         })
         .collect();
     Ok(Layout {

@@ -4,7 +4,8 @@
 //! ```json
 //! {"width": 896, "height": 1152, "people": [
 //!   {"face": "alice.jpg", "keypoints": [[x, y, score], ... 17 entries]},
-//!   {"face": "bob.jpg", "position": [x, y], "face_keypoints": [[x, y], ... 5 entries]}
+//!   {"face": "bob.jpg", "position": [x, y], "face_keypoints": [[x, y], ... 5 entries]},
+//!   {"face": "team.jpg", "position": [x, y], "face_index": 2}
 //! ]}
 //! ```
 //!
@@ -12,7 +13,9 @@
 //! exactly one of `keypoints` (a pose: the skeleton is drawn and the patch goes on the nose) and
 //! `position` (pose-free: only the patch). `face` paths are relative to the layout file's folder.
 //! `face_keypoints` optionally gives the five face points (left eye, right eye, nose, mouth left,
-//! mouth right) in the face photo's pixels, skipping face detection.
+//! mouth right) in the face photo's pixels, skipping face detection. Without them, a photo that
+//! is not an aligned 112x112 crop has its face detected ([`crate::detect::people`]): the largest,
+//! or the one `face_index` names (0 = largest, as `idpatch faces` lists them).
 //!
 //! Coordinates are kept in single precision, as the reference's pose estimator produces them.
 
@@ -32,6 +35,8 @@ pub const MAX_COORDINATE: f64 = 100_000.0;
 pub const COCO_KEYPOINTS: usize = 17;
 /// Face points per face (left eye, right eye, nose, mouth left, mouth right).
 pub const FACE_POINTS: usize = 5;
+/// Largest `face_index` accepted.
+pub const MAX_FACE_INDEX: u64 = 999;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
@@ -47,6 +52,8 @@ pub struct Person {
     pub face: Option<PathBuf>,
     pub placement: Placement,
     pub face_keypoints: Option<[[f32; 2]; FACE_POINTS]>,
+    /// Which detected face of the photo is this person's (0 = largest); `None`: the largest.
+    pub face_index: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,7 +192,13 @@ fn parse_person(
     reject_unknown(
         object,
         &name,
-        &["face", "keypoints", "position", "face_keypoints"],
+        &[
+            "face",
+            "keypoints",
+            "position",
+            "face_keypoints",
+            "face_index",
+        ],
     )?;
 
     let face = match object.get("face") {
@@ -250,11 +263,32 @@ fn parse_person(
             Some(rows.try_into().expect("length checked"))
         }
     };
+    let face_index = match object.get("face_index") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(face_index(v, &format!("{name}.face_index"))?),
+    };
+    if face_index.is_some() && face_keypoints.is_some() {
+        return Err(Error::invalid_input(
+            &name,
+            "has both `face_keypoints` and `face_index`: the keypoints skip detection, so give one",
+        ));
+    }
     Ok(Person {
         face,
         placement,
         face_keypoints,
+        face_index,
     })
+}
+
+fn face_index(value: &Value, name: &str) -> Result<usize> {
+    match value.as_u64() {
+        Some(n) if n <= MAX_FACE_INDEX => Ok(n as usize),
+        _ => Err(Error::invalid_input(
+            name,
+            format!("expected a whole number from 0 to {MAX_FACE_INDEX}, got {value}"),
+        )),
+    }
 }
 
 /// An array of `count` points of `N` finite numbers each.
@@ -327,7 +361,8 @@ mod tests {
             r#"{{"width": 64, "height": 128, "people": [
                 {{"face": "a.jpg", "keypoints": [{kps}]}},
                 {{"face": "sub/b.png", "position": [10, 20.25],
-                  "face_keypoints": [[1,2],[3,4],[5,6],[7,8],[9,10]]}}]}}"#
+                  "face_keypoints": [[1,2],[3,4],[5,6],[7,8],[9,10]]}},
+                {{"face": "c.jpg", "position": [5, 6], "face_index": 3}}]}}"#
         );
         let layout = Layout::parse(&text, Path::new("/base"), false).unwrap();
         assert_eq!((layout.width, layout.height), (64, 128));
@@ -338,6 +373,8 @@ mod tests {
         assert_eq!(layout.people[0].centre(), [1.5, 2.5]);
         assert_eq!(layout.people[1].centre(), [10.0, 20.25]);
         assert_eq!(layout.people[1].face_keypoints.unwrap()[4], [9.0, 10.0]);
+        assert_eq!(layout.people[1].face_index, None);
+        assert_eq!(layout.people[2].face_index, Some(3));
         assert!(!layout.is_pose_free());
     }
 
@@ -376,6 +413,20 @@ mod tests {
             (
                 person_with(r#""position": [1, 2], "face": 3"#),
                 "layout people[1].face: expected a file path",
+            ),
+            (
+                person_with(r#""position": [1, 2], "face_index": -1"#),
+                "layout people[1].face_index: expected a whole number from 0 to 999, got -1",
+            ),
+            (
+                person_with(r#""position": [1, 2], "face_index": 1.5"#),
+                "layout people[1].face_index: expected a whole number",
+            ),
+            (
+                person_with(
+                    r#""position": [1, 2], "face_index": 0, "face_keypoints": [[1,2],[3,4],[5,6],[7,8],[9,10]]"#,
+                ),
+                "layout people[1]: has both `face_keypoints` and `face_index`",
             ),
             (
                 r#"{"width": 60, "height": 64, "people": [{"position": [1, 2]}]}"#.into(),

@@ -2,7 +2,8 @@
 //!
 //! Stages, in order:
 //! 1. Faces: each person's photo, aligned on its five `face_keypoints` (or used as is when it is
-//!    already an aligned 112x112 crop), becomes an ArcFace input.
+//!    already an aligned 112x112 crop), becomes an ArcFace input. Photos without keypoints get
+//!    them from face detection first ([`crate::detect::people::resolve_faces`]).
 //! 2. ID: ArcFace (all faces in one batch) gives the (F, 1, 512) embeddings; `patch_proj` turns
 //!    them into ID patches, `prompt_proj` into ID tokens; the unconditional ID tokens are
 //!    `prompt_proj` of zeros.
@@ -187,9 +188,31 @@ pub fn face_batch(layout: &Layout) -> Result<Tensor> {
     face_batch_with(layout, None)
 }
 
+/// Every person's face photo, decoded, in people order; errors name the person.
+pub fn load_face_images(layout: &Layout) -> Result<Vec<Rgb8>> {
+    (0..layout.people.len())
+        .map(|i| load_face_image(layout, i))
+        .collect()
+}
+
+fn load_face_image(layout: &Layout, i: usize) -> Result<Rgb8> {
+    let name = format!("layout people[{i}].face");
+    let path = layout.people[i]
+        .face
+        .as_ref()
+        .ok_or_else(|| Error::invalid_input(&name, "missing: every person needs a face photo"))?;
+    image_io::load_rgb8(path).map_err(|e| match e {
+        Error::Io { .. } => Error::invalid_input(&name, e.to_string()),
+        Error::InvalidInput { reason, .. } => {
+            Error::invalid_input(&name, format!("{}: {reason}", path.display()))
+        }
+        other => other,
+    })
+}
+
 /// [`face_batch`], with the face images given in people order instead of read from the layout's
 /// `face` paths when `images` is `Some`.
-fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
+pub fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
     let size = face::ARCFACE_SIZE;
     if let Some(images) = images {
         if images.len() != layout.people.len() {
@@ -210,30 +233,32 @@ fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
         let (img, source) = match images {
             Some(images) => (&images[i], format!("face image {i}")),
             None => {
-                let path = person.face.as_ref().ok_or_else(|| {
-                    Error::invalid_input(&name, "missing: every person needs a face photo")
-                })?;
-                loaded = image_io::load_rgb8(path).map_err(|e| match e {
-                    Error::Io { .. } => Error::invalid_input(&name, e.to_string()),
-                    Error::InvalidInput { reason, .. } => {
-                        Error::invalid_input(&name, format!("{}: {reason}", path.display()))
-                    }
-                    other => other,
-                })?;
+                loaded = load_face_image(layout, i)?;
+                let path = person.face.as_ref().expect("loaded from its path");
                 (&loaded, path.display().to_string())
             }
         };
         let keypoints = person
             .face_keypoints
             .map(|k| k.map(|[x, y]| [f64::from(x), f64::from(y)]));
+        if keypoints.is_none() && person.face_index.is_some() {
+            return Err(Error::invalid_input(
+                &name,
+                format!(
+                    "people[{i}] names face_index {} of {source}, but its face was not detected \
+                     (detect::people::resolve_faces does it)",
+                    person.face_index.unwrap_or(0)
+                ),
+            ));
+        }
         if keypoints.is_none() && (img.width() != size || img.height() != size) {
             return Err(Error::invalid_input(
                 &name,
                 format!(
-                    "{source} is {}x{} and people[{i}] has no `face_keypoints`: give the five face \
-                     points (left eye, right eye, nose, mouth left, mouth right; [x, y] in the \
-                     photo's pixels) as `face_keypoints` in the layout, or use an aligned \
-                     {size}x{size} ArcFace crop",
+                    "{source} is {}x{} and people[{i}] has no `face_keypoints`: detect the face \
+                     first (detect::people::resolve_faces, as `idpatch generate` does), give the \
+                     five face points as `face_keypoints`, or use an aligned {size}x{size} \
+                     ArcFace crop",
                     img.width(),
                     img.height()
                 ),

@@ -6,9 +6,10 @@ use idpatch::bench::{
     golden_inputs, synth_face, synth_inputs, synth_layout, time_graph, time_pipeline,
     PipelineStats, Stats, SynthSize,
 };
+use idpatch::detect::people;
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet, Role};
-use idpatch::pipeline::{check_image_sides, Params};
+use idpatch::pipeline::{self, check_image_sides, Params};
 use idpatch::Error;
 use serde_json::json;
 
@@ -328,7 +329,15 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
     };
     params.check()?;
     let (layout, faces, layout_name) = match &args.layout {
-        Some(path) => (Layout::load(path, true)?, None, path.display().to_string()),
+        Some(path) => {
+            let mut layout = Layout::load(path, true)?;
+            // Faces without keypoints are detected once, before timing; the runs then read and
+            // align the photos as `generate` does.
+            let images = pipeline::load_face_images(&layout)?;
+            let config = &configs[0];
+            people::resolve_faces(&mut layout, &images, config.backend.as_ref(), &config.set)?;
+            (layout, None, path.display().to_string())
+        }
         None => {
             let layout = synth_layout(
                 args.width.unwrap_or(1024),

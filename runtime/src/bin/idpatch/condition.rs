@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use idpatch::backend::load_checked;
 use idpatch::condition::{self, ConditionOptions};
+use idpatch::detect::people;
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet, Role};
 use idpatch::{fsutil, npy, pipeline};
@@ -51,8 +52,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => {
             let set = ModelSet::open(&args.models, Checksums::Skip)?;
-            let faces = pipeline::face_batch(&layout)?;
+            let images = pipeline::load_face_images(&layout)?;
             let backend = args.backend.make()?;
+            let mut layout = layout.clone();
+            people::resolve_faces(&mut layout, &images, backend.as_ref(), &set)?;
+            let faces = pipeline::face_batch_with(&layout, Some(&images))?;
             let mut arcface = load_checked(backend.as_ref(), &set, Role::Arcface)?;
             let mut patch_proj = load_checked(backend.as_ref(), &set, Role::PatchProj)?;
             let embeddings = pipeline::id_embeddings(arcface.as_mut(), &faces)?;

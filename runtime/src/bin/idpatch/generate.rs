@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use idpatch::detect::people;
 use idpatch::image_io;
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet};
@@ -119,17 +120,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.save_latents {
         check_output("--save-latents", path)?;
     }
-    let layout = Layout::load(&args.layout, true)?;
+    let mut layout = Layout::load(&args.layout, true)?;
     let set = ModelSet::open(&args.models, Checksums::Skip)?;
     let tokenizers = Tokenizers::load(&set)?;
     let init_noise = args.init_noise.as_deref().map(npy::read).transpose()?;
-    let job = pipeline::prepare(
+    let decode_started = Instant::now();
+    let face_images = pipeline::load_face_images(&layout)?;
+    let decode = decode_started.elapsed();
+
+    let backend = args.backend.make()?;
+    // Photos without face keypoints get them from the face detector (its three small graphs).
+    let detection = people::resolve_faces(&mut layout, &face_images, backend.as_ref(), &set)?;
+    if !detection.is_zero() {
+        eprintln!(
+            "face detection (MTCNN): {:.3} s, graphs loaded and run (counted under \"other\")",
+            detection.as_secs_f64()
+        );
+    }
+    let mut job = pipeline::prepare_with_faces(
         &set,
         &tokenizers,
         layout,
         params,
         init_noise.map(|t| (t, "--init-noise")),
+        Some(&face_images),
     )?;
+    job.timings.faces += decode;
     for warning in job.warnings() {
         eprintln!("warning: {warning}");
     }
@@ -137,7 +153,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let set_name = set.name().to_string();
     let digest = set.graphs_digest()?;
 
-    let backend = args.backend.make()?;
     let load_started = Instant::now();
     let mut models = Models::load(backend.as_ref(), set)?;
     let load_graphs = load_started.elapsed();
