@@ -8,6 +8,7 @@ pub mod bench;
 pub mod condition;
 pub mod detect;
 pub mod error;
+pub mod eval;
 pub mod face;
 pub mod fsutil;
 pub mod image_io;

@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand};
 mod backend_args;
 mod bench;
 mod condition;
+mod eval;
+mod faces;
 mod generate;
+mod layout;
 mod schedule;
 mod tokenize;
 mod validate;
@@ -38,6 +41,13 @@ enum Command {
     Schedule(schedule::Args),
     /// Print the token ids both SDXL tokenizers give a prompt.
     Tokenize(tokenize::Args),
+    /// Detect the faces in a photo (MTCNN): boxes, scores and five landmarks.
+    Faces(faces::Args),
+    /// Write a pose-free layout with the people where the faces are in a reference photo.
+    Layout(layout::Args),
+    /// Score generated images: each person's face similarity to its reference (Face Sim) and
+    /// whether it is the best match (ID-Pos Acc).
+    Eval(eval::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +65,9 @@ fn main() -> ExitCode {
         Command::Schedule(args) => schedule::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Tokenize(args) => tokenize::run(args),
+        Command::Faces(args) => faces::run(args),
+        Command::Layout(args) => layout::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(code) => code,
