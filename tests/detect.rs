@@ -132,8 +132,11 @@ impl Replay {
 }
 
 impl Networks for Replay {
-    fn pnet(&mut self, image: Tensor) -> Result<[Tensor; 2]> {
-        Ok(self.next(0, &image, ["regression", "probability"]))
+    fn pnet(&mut self, levels: Vec<Tensor>) -> Result<Vec<[Tensor; 2]>> {
+        Ok(levels
+            .iter()
+            .map(|level| self.next(0, level, ["regression", "probability"]))
+            .collect())
     }
 
     fn rnet(&mut self, crops: Tensor) -> Result<[Tensor; 2]> {

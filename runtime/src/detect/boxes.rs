@@ -108,13 +108,14 @@ mod tests {
 
     #[test]
     fn squaring_keeps_the_centre() {
-        // rerec(torch.tensor([[10., 20., 30., 60.]])) -> [[0., 20., 40., 60.]]
+        // facenet-pytorch 2.6.0: rerec(torch.tensor([[10., 20., 30., 60.]])) -> [[0., 20., 40., 60.]]
         assert_eq!(square([10.0, 20.0, 30.0, 60.0]), [0.0, 20.0, 40.0, 60.0]);
     }
 
     #[test]
     fn crop_windows_are_clipped_to_the_image() {
-        // pad(torch.tensor([[-3.7, 5.2, 40.9, 300.0]]), w=50, h=100) -> y=5, ey=100, x=1, ex=40
+        // facenet-pytorch 2.6.0: pad(torch.tensor([[-3.7, 5.2, 40.9, 300.0]]), 50, 100)
+        // -> y=5, ey=100, x=1, ex=40: rows 4..100, columns 0..40.
         let win = crop_window([-3.7, 5.2, 40.9, 300.0], 50, 100).unwrap();
         assert_eq!(
             win,

@@ -1,4 +1,9 @@
 //! The face detector's networks run as a set's graphs on a backend.
+//!
+//! tract runs a graph on one thread, so on tract the detector loads one instance of each graph
+//! per worker (up to [`MAX_WORKERS`], at most the machine's parallelism) and runs the pyramid
+//! levels and the crop batches side by side. ONNX Runtime spreads each run over its own thread
+//! pool, so there one instance runs everything.
 
 use std::time::{Duration, Instant};
 
@@ -9,54 +14,211 @@ use crate::{Error, Result, Tensor};
 
 /// Most crops sent to R-Net or O-Net in one run.
 const MAX_BATCH: usize = 256;
+/// Batches above this many crops are padded to a multiple of it, smaller ones to a power of two.
+const BATCH_STEP: usize = 32;
+/// Most graph instances run side by side.
+pub const MAX_WORKERS: usize = 4;
+/// Fewest crops worth a worker of their own.
+const MIN_CROPS_PER_WORKER: usize = 16;
 
-/// `face_detector_pnet`, `face_detector_rnet` and `face_detector_onet` of a set, loaded.
+const PNET_OUTPUTS: [&str; 2] = ["regression", "probability"];
+const RNET_OUTPUTS: [&str; 2] = ["regression", "probability"];
+const ONET_OUTPUTS: [&str; 3] = ["regression", "landmarks", "probability"];
+
+/// `face_detector_pnet`, `face_detector_rnet` and `face_detector_onet` of a set, loaded once per
+/// worker.
 pub struct GraphNetworks {
-    pnet: Box<dyn Graph>,
-    rnet: Box<dyn Graph>,
-    onet: Box<dyn Graph>,
+    pnet: Vec<Box<dyn Graph>>,
+    rnet: Vec<Box<dyn Graph>>,
+    onet: Vec<Box<dyn Graph>>,
     graph_time: Duration,
 }
 
 impl GraphNetworks {
-    /// Loads and checks the three graphs.
+    /// Loads and checks the three graphs, once per worker: one on backends that parallelise each
+    /// run themselves, up to [`MAX_WORKERS`] on tract.
     pub fn load(backend: &dyn Backend, set: &ModelSet) -> Result<Self> {
+        let workers = if backend.name() == "tract" {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_WORKERS)
+        } else {
+            1
+        };
+        Self::load_workers(backend, set, workers)
+    }
+
+    /// [`GraphNetworks::load`] with `workers` instances of each graph (at least 1).
+    pub fn load_workers(backend: &dyn Backend, set: &ModelSet, workers: usize) -> Result<Self> {
+        let load = |role| {
+            (0..workers.max(1))
+                .map(|_| load_checked(backend, set, role))
+                .collect::<Result<Vec<_>>>()
+        };
         Ok(GraphNetworks {
-            pnet: load_checked(backend, set, Role::FaceDetectorPnet)?,
-            rnet: load_checked(backend, set, Role::FaceDetectorRnet)?,
-            onet: load_checked(backend, set, Role::FaceDetectorOnet)?,
+            pnet: load(Role::FaceDetectorPnet)?,
+            rnet: load(Role::FaceDetectorRnet)?,
+            onet: load(Role::FaceDetectorOnet)?,
             graph_time: Duration::ZERO,
         })
     }
 
-    /// Total time spent running the graphs so far.
+    /// Graph instances run side by side.
+    pub fn workers(&self) -> usize {
+        self.pnet.len()
+    }
+
+    /// Total wall time spent running the graphs so far.
     pub fn graph_time(&self) -> Duration {
         self.graph_time
     }
 }
 
 impl Networks for GraphNetworks {
-    fn pnet(&mut self, image: Tensor) -> Result<[Tensor; 2]> {
+    fn pnet(&mut self, levels: Vec<Tensor>) -> Result<Vec<[Tensor; 2]>> {
         let started = Instant::now();
-        let out = run(self.pnet.as_mut(), image, &["regression", "probability"]);
+        let out = run_levels(&mut self.pnet, levels);
         self.graph_time += started.elapsed();
         out
     }
 
     fn rnet(&mut self, crops: Tensor) -> Result<[Tensor; 2]> {
         let started = Instant::now();
-        let out = run_batched(self.rnet.as_mut(), crops, &["regression", "probability"]);
+        let out = run_crops(&mut self.rnet, crops, &RNET_OUTPUTS);
         self.graph_time += started.elapsed();
         out
     }
 
     fn onet(&mut self, crops: Tensor) -> Result<[Tensor; 3]> {
         let started = Instant::now();
-        let names = ["regression", "landmarks", "probability"];
-        let out = run_batched(self.onet.as_mut(), crops, &names);
+        let out = run_crops(&mut self.onet, crops, &ONET_OUTPUTS);
         self.graph_time += started.elapsed();
         out
     }
+}
+
+/// P-Net on every level. Levels go to the least loaded worker (by pixels), largest first, so
+/// the same image always gives each worker the same shapes.
+fn run_levels(graphs: &mut [Box<dyn Graph>], levels: Vec<Tensor>) -> Result<Vec<[Tensor; 2]>> {
+    let mut assigned: Vec<Vec<(usize, Tensor)>> = graphs.iter().map(|_| Vec::new()).collect();
+    let mut load = vec![0usize; graphs.len()];
+    let mut order: Vec<(usize, Tensor)> = levels.into_iter().enumerate().collect();
+    order.sort_by_key(|(_, t)| std::cmp::Reverse(t.len()));
+    for (index, level) in order {
+        let worker = (0..load.len()).min_by_key(|&w| load[w]).expect("a worker");
+        load[worker] += level.len();
+        assigned[worker].push((index, level));
+    }
+    let results = run_parallel(graphs, assigned, |graph, work| {
+        work.into_iter()
+            .map(|(index, level)| Ok((index, run(graph, level, &PNET_OUTPUTS)?)))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let mut out: Vec<(usize, [Tensor; 2])> = results.into_iter().flatten().collect();
+    out.sort_by_key(|(index, _)| *index);
+    Ok(out.into_iter().map(|(_, tensors)| tensors).collect())
+}
+
+/// R-Net or O-Net over crops (n, 3, s, s): split among the workers (each at least
+/// [`MIN_CROPS_PER_WORKER`] crops), in batches of at most [`MAX_BATCH`], each padded with blank
+/// crops to [`padded_batch`] rows so that a backend preparing a plan per input shape (tract)
+/// prepares only a few; the outputs of the `n` crops are joined again in order.
+fn run_crops<const N: usize>(
+    graphs: &mut [Box<dyn Graph>],
+    crops: Tensor,
+    wanted: &[&str; N],
+) -> Result<[Tensor; N]> {
+    let shape = crops.shape().to_vec();
+    let (n, per_crop) = (shape[0], shape[1..].iter().product::<usize>());
+    let data = crops.as_f32().expect("crops are f32");
+    let workers = graphs.len().min(n.div_ceil(MIN_CROPS_PER_WORKER)).max(1);
+    let per_worker = n.div_ceil(workers).max(1);
+    let mut assigned: Vec<Vec<&[f32]>> = graphs.iter().map(|_| Vec::new()).collect();
+    for (w, part) in data.chunks(per_worker * per_crop).enumerate() {
+        assigned[w] = part.chunks(MAX_BATCH * per_crop).collect();
+    }
+    let results = run_parallel(graphs, assigned, |graph, batches| {
+        batches
+            .into_iter()
+            .map(|batch| run_batch(graph, batch, &shape, wanted))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let mut joined: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+    let mut widths = [0usize; N];
+    for (values, batch_widths) in results.into_iter().flatten() {
+        for k in 0..N {
+            joined[k].extend_from_slice(&values[k]);
+            widths[k] = batch_widths[k];
+        }
+    }
+    let mut out = Vec::with_capacity(N);
+    for (values, width) in joined.into_iter().zip(widths) {
+        out.push(Tensor::from_f32(vec![n, width], values)?);
+    }
+    Ok(out.try_into().expect("one tensor per wanted output"))
+}
+
+/// One padded batch of crops; returns each output's values for the real crops and its width.
+fn run_batch<const N: usize>(
+    graph: &mut dyn Graph,
+    batch: &[f32],
+    shape: &[usize],
+    wanted: &[&str; N],
+) -> Result<([Vec<f32>; N], [usize; N])> {
+    let per_crop: usize = shape[1..].iter().product();
+    let rows = batch.len() / per_crop;
+    let padded = padded_batch(rows);
+    let mut data = batch.to_vec();
+    data.resize(padded * per_crop, 0.0);
+    let mut batch_shape = shape.to_vec();
+    batch_shape[0] = padded;
+    let outputs = run(graph, Tensor::from_f32(batch_shape, data)?, wanted)?;
+    let mut values: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
+    let mut widths = [0usize; N];
+    for (k, t) in outputs.into_iter().enumerate() {
+        let width = match t.shape() {
+            [b, w] if *b == padded => *w,
+            other => {
+                return Err(Error::graph(
+                    graph.role().name(),
+                    format!(
+                        "expected {padded} rows of {}, got shape {other:?}",
+                        wanted[k]
+                    ),
+                ))
+            }
+        };
+        widths[k] = width;
+        values[k] = t.as_f32().expect("f32")[..rows * width].to_vec();
+    }
+    Ok((values, widths))
+}
+
+/// Runs `job` on each graph with its share of `work`, side by side when more than one graph has
+/// work; results in graph order.
+fn run_parallel<W: Send, R: Send>(
+    graphs: &mut [Box<dyn Graph>],
+    work: Vec<W>,
+    job: impl Fn(&mut dyn Graph, W) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    if graphs.len() == 1 {
+        let w = work.into_iter().next().expect("one share per graph");
+        return Ok(vec![job(graphs[0].as_mut(), w)?]);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = graphs
+            .iter_mut()
+            .zip(work)
+            .map(|(graph, w)| {
+                let job = &job;
+                scope.spawn(move || job(graph.as_mut(), w))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a detector worker panicked"))
+            .collect()
+    })
 }
 
 /// Runs `graph` on `image` and returns the outputs named `wanted`, in that order, as finite f32.
@@ -91,47 +253,28 @@ fn run<const N: usize>(
     Ok(out.try_into().expect("one tensor per wanted output"))
 }
 
-/// [`run`] over crops (n, 3, s, s) in batches of at most [`MAX_BATCH`], each padded with blank
-/// crops to a power of two so that a backend preparing a plan per input shape (tract) prepares
-/// only a few; the outputs of the `n` crops are joined again.
-fn run_batched<const N: usize>(
-    graph: &mut dyn Graph,
-    crops: Tensor,
-    wanted: &[&str; N],
-) -> Result<[Tensor; N]> {
-    let shape = crops.shape().to_vec();
-    let (n, per_crop) = (shape[0], shape[1..].iter().product::<usize>());
-    let data = crops.as_f32().expect("crops are f32");
-    let mut joined: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
-    let mut widths = [0usize; N];
-    for chunk in data.chunks(MAX_BATCH * per_crop) {
-        let rows = chunk.len() / per_crop;
-        let padded = rows.next_power_of_two();
-        let mut batch = chunk.to_vec();
-        batch.resize(padded * per_crop, 0.0);
-        let mut batch_shape = shape.clone();
-        batch_shape[0] = padded;
-        let outputs = run(graph, Tensor::from_f32(batch_shape, batch)?, wanted)?;
-        for (k, t) in outputs.into_iter().enumerate() {
-            let width = match t.shape() {
-                [b, w] if *b == padded => *w,
-                other => {
-                    return Err(Error::graph(
-                        graph.role().name(),
-                        format!(
-                            "expected {padded} rows of {}, got shape {other:?}",
-                            wanted[k]
-                        ),
-                    ))
-                }
-            };
-            widths[k] = width;
-            joined[k].extend_from_slice(&t.as_f32().expect("f32")[..rows * width]);
-        }
+/// Rows a batch of `rows` crops is padded to: a power of two up to [`BATCH_STEP`], then a
+/// multiple of it (13 distinct sizes, at most 31 blank crops).
+fn padded_batch(rows: usize) -> usize {
+    if rows <= BATCH_STEP {
+        rows.next_power_of_two()
+    } else {
+        rows.div_ceil(BATCH_STEP) * BATCH_STEP
     }
-    let mut out = Vec::with_capacity(N);
-    for (values, width) in joined.into_iter().zip(widths) {
-        out.push(Tensor::from_f32(vec![n, width], values)?);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_padded_to_few_sizes() {
+        let sizes: Vec<usize> = [1, 2, 3, 5, 17, 32, 33, 64, 65, 250, 256]
+            .map(padded_batch)
+            .to_vec();
+        assert_eq!(sizes, [1, 2, 4, 8, 32, 32, 64, 64, 96, 256, 256]);
+        let distinct: std::collections::BTreeSet<usize> =
+            (1..=MAX_BATCH).map(padded_batch).collect();
+        assert_eq!(distinct.len(), 13);
     }
-    Ok(out.try_into().expect("one tensor per wanted output"))
 }

@@ -130,9 +130,9 @@ impl Detection {
 /// MTCNN's three networks as the detector calls them. [`GraphNetworks`] runs the set's graphs;
 /// tests replay recorded outputs.
 pub trait Networks {
-    /// P-Net on one pyramid level (1, 3, h, w): `[regression (1, 4, mh, mw), probability
-    /// (1, 2, mh, mw)]`.
-    fn pnet(&mut self, image: Tensor) -> Result<[Tensor; 2]>;
+    /// P-Net on every pyramid level (each (1, 3, h, w), largest first): per level, in the same
+    /// order, `[regression (1, 4, mh, mw), probability (1, 2, mh, mw)]`.
+    fn pnet(&mut self, levels: Vec<Tensor>) -> Result<Vec<[Tensor; 2]>>;
     /// R-Net on crops (n, 3, 24, 24): `[regression (n, 4), probability (n, 2)]`.
     fn rnet(&mut self, crops: Tensor) -> Result<[Tensor; 2]>;
     /// O-Net on crops (n, 3, 48, 48): `[regression (n, 4), landmarks (n, 10), probability
@@ -216,13 +216,31 @@ fn propose(
     options: &DetectorOptions,
 ) -> Result<Vec<[f32; 4]>> {
     let (w, h) = (table.width(), table.height());
-    let mut all: Vec<Candidate> = Vec::new();
-    for scale in pyramid::scales(w, h, options.min_face_size, options.factor) {
+    let scales = pyramid::scales(w, h, options.min_face_size, options.factor);
+    let mut levels = Vec::with_capacity(scales.len());
+    for &scale in &scales {
         let (lw, lh) = pyramid::level_size(w, h, scale);
         let mut input = vec![0f32; 3 * lw * lh];
         table.resample_into(Window { x0: 0, y0: 0, w, h }, lw, lh, &mut input);
-        let [regression, probability] =
-            networks.pnet(Tensor::from_f32(vec![1, 3, lh, lw], input)?)?;
+        levels.push(Tensor::from_f32(vec![1, 3, lh, lw], input)?);
+    }
+    let outputs = if levels.is_empty() {
+        Vec::new()
+    } else {
+        networks.pnet(levels)?
+    };
+    if outputs.len() != scales.len() {
+        return Err(Error::graph(
+            Role::FaceDetectorPnet.name(),
+            format!(
+                "{} pyramid levels in, {} results out",
+                scales.len(),
+                outputs.len()
+            ),
+        ));
+    }
+    let mut all: Vec<Candidate> = Vec::new();
+    for (scale, [regression, probability]) in scales.into_iter().zip(outputs) {
         let (map_h, map_w) = map_size(&probability, &regression)?;
         let plane = map_h * map_w;
         let candidates = boxes::pnet_candidates(

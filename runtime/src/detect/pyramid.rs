@@ -240,17 +240,15 @@ mod tests {
 
     #[test]
     fn pyramid_scales_follow_the_reference_loop() {
-        // facenet-pytorch for a 512x512 image, min face 20, factor 0.709:
-        // m = 12 / 20; minl = 512 * m; scales while minl >= 12.
+        // facenet-pytorch's loop in CPython for a 512x512 image, min face 20, factor 0.709:
+        // m = 12 / 20; minl = 512 * m; s = m; out = []
+        // while minl >= 12: out.append(s); s *= 0.709; minl *= 0.709
+        // -> 10 scales, the last 0.027162351627517383.
         let s = scales(512, 512, 20.0, 0.709);
-        assert_eq!(s.len(), 9);
+        assert_eq!(s.len(), 10);
         assert_eq!(s[0], 0.6);
-        assert_eq!(s[1], 0.6 * 0.709);
-        assert_eq!(
-            s[8],
-            0.6 * 0.709 * 0.709 * 0.709 * 0.709 * 0.709 * 0.709 * 0.709 * 0.709
-        );
-        // int(512 * 0.6 + 1) = 308.
+        assert_eq!(s[9], 0.027162351627517383);
+        // int(512 * 0.6 + 1) = 308, int(300 * 0.6 + 1) = 181.
         assert_eq!(level_size(512, 300, 0.6), (308, 181));
         assert!(scales(19, 500, 20.0, 0.709).is_empty());
     }
