@@ -350,3 +350,39 @@ fn detector_options_are_range_checked() {
         assert_eq!(err.exit_code(), 2);
     }
 }
+
+/// P-Net over a level in 48-row bands (what the detector does on tract) gives the maps P-Net
+/// gives over the whole level: the bands' windows see the same pixels.
+#[cfg(feature = "tract")]
+#[test]
+fn pnet_in_bands_equals_pnet_over_the_whole_level() {
+    let set = ModelSet::open(&tiny_dir(), Checksums::Skip).unwrap();
+    let backend = idpatch::TractBackend::new();
+    let mut whole = detect::GraphNetworks::load_workers(&backend, &set, 1, false).unwrap();
+    let mut banded = detect::GraphNetworks::load_workers(&backend, &set, 2, true).unwrap();
+    // Odd and even heights, one just over a band, one of several bands.
+    let levels: Vec<Tensor> = [(131, 157), (64, 50), (40, 97)]
+        .iter()
+        .map(|&(w, h)| {
+            let n = 3 * w * h;
+            let data = (0..n)
+                .map(|i| ((i * 7919 % 255) as f32 - 127.5) / 128.0)
+                .collect();
+            Tensor::from_f32(vec![1, 3, h, w], data).unwrap()
+        })
+        .collect();
+    let a = whole.pnet(levels.clone()).unwrap();
+    let b = banded.pnet(levels).unwrap();
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        assert_eq!(x.shape(), y.shape());
+        let diff = x
+            .as_f32()
+            .unwrap()
+            .iter()
+            .zip(y.as_f32().unwrap())
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(diff <= 1e-5, "{:?}: {diff}", x.shape());
+    }
+}

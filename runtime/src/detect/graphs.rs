@@ -2,12 +2,12 @@
 //!
 //! tract runs a graph on one thread, so on tract the detector loads one instance of each graph
 //! per worker (up to [`MAX_WORKERS`], at most the machine's parallelism) and runs the pyramid
-//! levels and the crop batches side by side. ONNX Runtime spreads each run over its own thread
-//! pool, so there one instance runs everything.
+//! levels, in 48-row bands ([`super::bands`]), and the crop batches side by side. ONNX Runtime
+//! spreads each run over its own thread pool, so there one instance runs each level whole.
 
 use std::time::{Duration, Instant};
 
-use super::Networks;
+use super::{bands, Networks};
 use crate::backend::{load_checked, to_host_f32, Backend, Graph, Value};
 use crate::manifest::{ModelSet, Role};
 use crate::{Error, Result, Tensor};
@@ -31,25 +31,33 @@ pub struct GraphNetworks {
     pnet: Vec<Box<dyn Graph>>,
     rnet: Vec<Box<dyn Graph>>,
     onet: Vec<Box<dyn Graph>>,
+    /// Run P-Net over large levels in bands.
+    banded: bool,
     graph_time: Duration,
 }
 
 impl GraphNetworks {
     /// Loads and checks the three graphs, once per worker: one on backends that parallelise each
-    /// run themselves, up to [`MAX_WORKERS`] on tract.
+    /// run themselves, up to [`MAX_WORKERS`] on tract, which also gets P-Net in bands.
     pub fn load(backend: &dyn Backend, set: &ModelSet) -> Result<Self> {
-        let workers = if backend.name() == "tract" {
-            std::thread::available_parallelism()
+        if backend.name() == "tract" {
+            let workers = std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
-                .min(MAX_WORKERS)
+                .min(MAX_WORKERS);
+            Self::load_workers(backend, set, workers, true)
         } else {
-            1
-        };
-        Self::load_workers(backend, set, workers)
+            Self::load_workers(backend, set, 1, false)
+        }
     }
 
-    /// [`GraphNetworks::load`] with `workers` instances of each graph (at least 1).
-    pub fn load_workers(backend: &dyn Backend, set: &ModelSet, workers: usize) -> Result<Self> {
+    /// [`GraphNetworks::load`] with `workers` instances of each graph (at least 1), P-Net run in
+    /// bands or not.
+    pub fn load_workers(
+        backend: &dyn Backend,
+        set: &ModelSet,
+        workers: usize,
+        banded: bool,
+    ) -> Result<Self> {
         let load = |role| {
             (0..workers.max(1))
                 .map(|_| load_checked(backend, set, role))
@@ -59,6 +67,7 @@ impl GraphNetworks {
             pnet: load(Role::FaceDetectorPnet)?,
             rnet: load(Role::FaceDetectorRnet)?,
             onet: load(Role::FaceDetectorOnet)?,
+            banded,
             graph_time: Duration::ZERO,
         })
     }
@@ -77,7 +86,7 @@ impl GraphNetworks {
 impl Networks for GraphNetworks {
     fn pnet(&mut self, levels: Vec<Tensor>) -> Result<Vec<[Tensor; 2]>> {
         let started = Instant::now();
-        let out = run_levels(&mut self.pnet, levels);
+        let out = run_levels(&mut self.pnet, levels, self.banded);
         self.graph_time += started.elapsed();
         out
     }
@@ -97,26 +106,70 @@ impl Networks for GraphNetworks {
     }
 }
 
-/// P-Net on every level. Levels go to the least loaded worker (by pixels), largest first, so
-/// the same image always gives each worker the same shapes.
-fn run_levels(graphs: &mut [Box<dyn Graph>], levels: Vec<Tensor>) -> Result<Vec<[Tensor; 2]>> {
-    let mut assigned: Vec<Vec<(usize, Tensor)>> = graphs.iter().map(|_| Vec::new()).collect();
+/// P-Net on every level, whole or (`banded`) in bands. Pieces go to the least loaded worker (by
+/// pixels), largest first, so the same image always gives each worker the same shapes; each
+/// level's band outputs are joined again.
+fn run_levels(
+    graphs: &mut [Box<dyn Graph>],
+    levels: Vec<Tensor>,
+    banded: bool,
+) -> Result<Vec<[Tensor; 2]>> {
+    let mut pieces: Vec<((usize, usize), Tensor)> = Vec::new();
+    for (index, level) in levels.into_iter().enumerate() {
+        let rows = if banded {
+            bands::band_rows(level.shape()[2], bands::BAND_ROWS)
+        } else {
+            vec![(0, level.shape()[2])]
+        };
+        if rows.len() == 1 {
+            pieces.push(((index, 0), level));
+        } else {
+            for (k, &r) in rows.iter().enumerate() {
+                pieces.push(((index, k), bands::slice_rows(&level, r)?));
+            }
+        }
+    }
+    let mut assigned: Vec<Vec<((usize, usize), Tensor)>> =
+        graphs.iter().map(|_| Vec::new()).collect();
     let mut load = vec![0usize; graphs.len()];
-    let mut order: Vec<(usize, Tensor)> = levels.into_iter().enumerate().collect();
-    order.sort_by_key(|(_, t)| std::cmp::Reverse(t.len()));
-    for (index, level) in order {
+    pieces.sort_by_key(|(_, t)| std::cmp::Reverse(t.len()));
+    for (key, piece) in pieces {
         let worker = (0..load.len()).min_by_key(|&w| load[w]).expect("a worker");
-        load[worker] += level.len();
-        assigned[worker].push((index, level));
+        load[worker] += piece.len();
+        assigned[worker].push((key, piece));
     }
     let results = run_parallel(graphs, assigned, |graph, work| {
         work.into_iter()
-            .map(|(index, level)| Ok((index, run(graph, level, &PNET_OUTPUTS)?)))
+            .map(|(key, piece)| Ok((key, run(graph, piece, &PNET_OUTPUTS)?)))
             .collect::<Result<Vec<_>>>()
     })?;
-    let mut out: Vec<(usize, [Tensor; 2])> = results.into_iter().flatten().collect();
-    out.sort_by_key(|(index, _)| *index);
-    Ok(out.into_iter().map(|(_, tensors)| tensors).collect())
+    let mut done: Vec<((usize, usize), [Tensor; 2])> = results.into_iter().flatten().collect();
+    done.sort_by_key(|(key, _)| *key);
+    let mut out: Vec<[Tensor; 2]> = Vec::new();
+    let mut parts: Vec<(usize, [Tensor; 2])> = Vec::new();
+    for ((index, _), tensors) in done {
+        if parts.first().is_some_and(|(i, _)| *i != index) {
+            out.push(join_level(std::mem::take(&mut parts))?);
+        }
+        parts.push((index, tensors));
+    }
+    if !parts.is_empty() {
+        out.push(join_level(parts)?);
+    }
+    Ok(out)
+}
+
+/// One level's outputs from its bands (or its single run).
+fn join_level(parts: Vec<(usize, [Tensor; 2])>) -> Result<[Tensor; 2]> {
+    if parts.len() == 1 {
+        return Ok(parts.into_iter().next().expect("one part").1);
+    }
+    let (regression, probability): (Vec<Tensor>, Vec<Tensor>) =
+        parts.into_iter().map(|(_, [r, p])| (r, p)).unzip();
+    Ok([
+        bands::join_rows(regression)?,
+        bands::join_rows(probability)?,
+    ])
 }
 
 /// R-Net or O-Net over crops (n, 3, s, s): split among the workers (each at least

@@ -20,6 +20,7 @@
 //! One departure: facenet-pytorch skips a crop that lies wholly outside the image yet keeps its
 //! box, misaligning the following boxes with their scores; here such a box is dropped.
 
+pub mod bands;
 pub mod boxes;
 mod graphs;
 pub mod nms;
