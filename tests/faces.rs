@@ -436,7 +436,25 @@ fn eval_scores_references_placed_right_wrong_and_missing() {
     assert_eq!(people[1]["similarity"], Value::Null);
     assert_eq!(lines[1]["missing"], 1);
     assert_eq!(lines[1]["id_pos_acc"], 0.5);
+}
 
+#[test]
+fn eval_averages_a_directory_and_prints_the_papers_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let image = photo("lfw");
+    let right = lfw_layout(
+        d,
+        "right.json",
+        &[0, 1, 2, 3],
+        &[Some(0), Some(1), Some(2), Some(3)],
+    );
+    let swapped = lfw_layout(
+        d,
+        "swapped.json",
+        &[0, 1, 2, 3],
+        &[Some(1), Some(2), Some(3), Some(0)],
+    );
     // A directory of generations: per image, then the averages over all of them.
     let images = d.join("images");
     let layouts = d.join("layouts");
