@@ -25,6 +25,9 @@ pub struct Args {
     /// Backend that runs arcface and patch_proj when the patches come from the faces.
     #[command(flatten)]
     backend: BackendArgs,
+    /// Do not verify the set's files against the manifest's sha256.
+    #[arg(long)]
+    skip_checksums: bool,
     /// Condition preview PNG (values clamped to [0, 1]).
     #[arg(long)]
     out: PathBuf,
@@ -50,7 +53,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             patches
         }
         None => {
-            let set = ModelSet::open(&args.models, Checksums::Skip)?;
+            let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
             let faces = pipeline::face_batch(&layout)?;
             let backend = args.backend.make()?;
             let mut arcface = load_checked(backend.as_ref(), &set, Role::Arcface)?;

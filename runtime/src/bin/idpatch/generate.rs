@@ -64,6 +64,10 @@ pub struct Args {
     /// Output PNG (layout's width x height), with the generation parameters as text chunks.
     #[arg(long)]
     out: PathBuf,
+    /// Do not verify the set's files against the manifest's sha256 (the PNG then records
+    /// `model_set_checksums: skipped`).
+    #[arg(long)]
+    skip_checksums: bool,
 }
 
 /// An output path must be in an existing directory (checked before any work is done).
@@ -120,7 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         check_output("--save-latents", path)?;
     }
     let layout = Layout::load(&args.layout, true)?;
-    let set = ModelSet::open(&args.models, Checksums::Skip)?;
+    let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
     let tokenizers = Tokenizers::load(&set)?;
     let init_noise = args.init_noise.as_deref().map(npy::read).transpose()?;
     let job = pipeline::prepare(
@@ -135,7 +139,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let scheduler_name = job.scheduler.kind().name();
     let set_name = set.name().to_string();
-    let digest = set.graphs_digest()?;
+    let digest = set.model_set_digest()?;
+    let checksums = match set.checksums {
+        Checksums::Verify => "verified",
+        Checksums::Skip => "skipped",
+    };
 
     let backend = args.backend.make()?;
     let load_started = Instant::now();
@@ -175,6 +183,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ("scheduler", scheduler_name),
         ("model_set", &set_name),
         ("model_set_digest", &digest),
+        ("model_set_checksums", checksums),
         ("backend", &backend_label),
         ("software", &software),
     ];
