@@ -116,6 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bf16_positions: args.bf16_positions,
     };
     params.check()?;
+    args.backend.check()?;
     check_output("--out", &args.out)?;
     if let Some(path) = &args.save_condition {
         check_output("--save-condition", path)?;
@@ -149,6 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let load_started = Instant::now();
     let mut models = Models::load(backend.as_ref(), set)?;
     let load_graphs = load_started.elapsed();
+    args.backend.check_resolved(backend.as_ref())?;
 
     let show_progress = std::io::stderr().is_terminal();
     let mut progress = |done: usize, total: usize| {
@@ -170,7 +172,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         p.id_injection_ratio.to_string(),
     );
     let software = format!("idpatch {}", env!("CARGO_PKG_VERSION"));
-    let backend_label = args.backend.label();
+    // What ran: `--ep auto` is recorded as the provider it settled on.
+    let backend_label = backend.name();
     let init_noise_name = args.init_noise.as_ref().map(|p| p.display().to_string());
     let mut text: Vec<(&str, &str)> = vec![
         ("prompt", &p.prompt),

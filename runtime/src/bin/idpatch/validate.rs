@@ -27,6 +27,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    args.backend.check()?;
     let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
     let roles = Role::parse_list(&args.graphs, "--graphs")?;
     // Device outputs, so that a GPU run also checks the copy back to the host.
@@ -38,6 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut all_passed = true;
     for role in roles {
         let report = validate_graph(&set, backend.as_ref(), role, args.tolerance)?;
+        args.backend.check_resolved(backend.as_ref())?;
         all_passed &= report.passed();
         println!(
             "{:<15} {:>12.3e} {:>12.3e} {:>10.1e} {:>9.2}  {}",
