@@ -669,6 +669,22 @@ def write_tokenizers(out: pathlib.Path) -> dict:
     }
 
 
+def tokenizer_entries(out: pathlib.Path, tokenizers: dict) -> dict:
+    """The manifest's tokenizers section: each file with the sha256 of what is in `out`."""
+    entries = {}
+    for name, files in tokenizers.items():
+        entry = {}
+        for key in ("vocab", "merges"):
+            path = out / files[key]
+            if not path.is_file():
+                raise RuntimeError(f"tokenizers.{name}: {path} is missing")
+            entry[key] = files[key]
+            entry[f"{key}_sha256"] = sha256_of(path)
+        entry["pad_token_id"] = files["pad_token_id"]
+        entries[name] = entry
+    return entries
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -827,8 +843,11 @@ def main(argv=None) -> int:
     try:
         tokenizers = write_tokenizers(out)
     except ImportError as error:
-        print(f"warning: tokenizer files not written ({error})", flush=True)
-        tokenizers = manifest.get("tokenizers")
+        if not manifest.get("tokenizers"):
+            raise RuntimeError(f"tokenizer files cannot be written ({error}) and {manifest_path} lists none") from error
+        print(f"warning: tokenizer files not written ({error}); keeping those {manifest_path} lists", flush=True)
+        tokenizers = manifest["tokenizers"]
+    tokenizers = tokenizer_entries(out, tokenizers)
     scheduler = manifest.get("scheduler") or dict(SDXL_SCHEDULER)
     if args.from_pretrained and args.sdxl:
         scheduler_file = pathlib.Path(args.sdxl) / "scheduler" / "scheduler_config.json"
@@ -839,7 +858,8 @@ def main(argv=None) -> int:
     import transformers
 
     manifest = {
-        "format": 1,
+        # Format 2: tokenizer files carry sha256 entries (vocab_sha256, merges_sha256).
+        "format": 2,
         "name": args.name or out.name,
         "size": args.size,
         "precision": args.precision,

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod checksum;
 pub mod condition;
 pub mod error;
 pub mod face;

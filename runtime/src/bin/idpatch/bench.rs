@@ -12,7 +12,7 @@ use idpatch::pipeline::{check_image_sides, Params};
 use idpatch::Error;
 use serde_json::json;
 
-use crate::backend_args::BackendArgs;
+use crate::backend_args::{BackendArgs, Provider};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum InputSource {
@@ -72,7 +72,9 @@ pub struct Args {
     /// Run two configurations side by side and print the ratio of medians (first / second;
     /// with --pipeline, of the total medians). Each is a backend (tract, ort-cpu, ort-cuda,
     /// ort-tensorrt, ort-auto) run on --models, or a set directory run on --backend (e.g. an
-    /// FP16 and an FP32 export).
+    /// FP16 and an FP32 export). ONNX Runtime flags go to the configurations that honour them;
+    /// one that neither honours is an error, and so are --backend and --ep when both labels are
+    /// backends.
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     compare: Vec<String>,
     /// One JSON object per line: per graph and configuration, then per graph the ratio when
@@ -80,15 +82,33 @@ pub struct Args {
     /// rust_owned_share, ...), then the ratio of total medians when comparing.
     #[arg(long)]
     json: bool,
-    /// Hash the graph files against the manifest before timing (off: a full-size set is ~10 GB).
+    /// Do not verify the set's files against the manifest's sha256 (verified files are cached,
+    /// so only the first run after a change reads a full set).
     #[arg(long)]
-    verify_checksums: bool,
+    skip_checksums: bool,
 }
 
 struct Config {
+    /// What was asked for: a backend label or a set directory.
     label: String,
+    /// Whether `label` names a backend (then tables show the provider it got).
+    backend_label: bool,
+    args: BackendArgs,
     backend: Box<dyn Backend>,
     set: ModelSet,
+}
+
+impl Config {
+    /// The label for tables and JSON: `ort-auto` shows the provider it settled on once a graph
+    /// has loaded (`ort-auto (ort-cpu)`).
+    fn shown(&self) -> String {
+        let name = self.backend.name();
+        if self.backend_label && name != self.label {
+            format!("{} ({name})", self.label)
+        } else {
+            self.label.clone()
+        }
+    }
 }
 
 struct Timing {
@@ -139,46 +159,18 @@ fn check_combinations(args: &Args) -> Result<(), Error> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     check_combinations(&args)?;
-    let checksums = if args.verify_checksums {
-        Checksums::Verify
-    } else {
-        Checksums::Skip
-    };
-    let open = |dir: &Path| ModelSet::open(dir, checksums);
-    let configs: Vec<Config> = if args.compare.is_empty() {
+    let configs = if args.compare.is_empty() {
+        args.backend.check()?;
+        let checksums = Checksums::from_skip_flag(args.skip_checksums);
         vec![Config {
             label: args.backend.label(),
+            backend_label: true,
+            args: args.backend.clone(),
             backend: args.backend.make()?,
-            set: open(&args.models)?,
+            set: ModelSet::open(&args.models, checksums)?,
         }]
     } else {
-        let mut configs = Vec::new();
-        for label in &args.compare {
-            let config = if let Some(backend) = args.backend.with_label(label) {
-                Config {
-                    label: label.clone(),
-                    backend: backend.make()?,
-                    set: open(&args.models)?,
-                }
-            } else if Path::new(label).is_dir() {
-                Config {
-                    label: label.clone(),
-                    backend: args.backend.make()?,
-                    set: open(Path::new(label))?,
-                }
-            } else {
-                return Err(Error::invalid_input(
-                    "--compare",
-                    format!(
-                        "{label:?} is neither a backend (tract, ort-cpu, ort-cuda, ort-tensorrt, \
-                         ort-auto) nor a graph set directory"
-                    ),
-                )
-                .into());
-            };
-            configs.push(config);
-        }
-        configs
+        compare_configs(&args)?
     };
     if args.pipeline {
         return run_pipeline(&args, &configs);
@@ -211,11 +203,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut medians = Vec::new();
         for config in &configs {
             let timing = time_one(config, role, source, &size, &args, warmup, runs)?;
+            config.args.check_resolved(config.backend.as_ref())?;
             medians.push(timing.stats.median_ms);
             if args.json {
                 let line = json!({
                     "graph": role.name(),
-                    "config": config.label,
+                    "config": config.shown(),
                     "backend": config.backend.name(),
                     "ep": timing.ep,
                     "precision": timing.precision,
@@ -238,7 +231,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!(
                     "{:<15} {:<22} {:>10.3} {:>10.3} {:>5}  {}",
                     role.name(),
-                    config.label,
+                    config.shown(),
                     timing.stats.median_ms,
                     timing.stats.p90_ms,
                     timing.stats.runs,
@@ -251,7 +244,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if args.json {
                 let line = json!({
                     "graph": role.name(),
-                    "compare": [configs[0].label, configs[1].label],
+                    "compare": [configs[0].shown(), configs[1].shown()],
                     "ratio_of_medians": ratio,
                 });
                 println!("{line}");
@@ -266,6 +259,81 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The two configurations of `--compare`. A backend label sets the backend and provider of its
+/// configuration, so `--backend` and `--ep` must then serve a set-directory label; ONNX Runtime
+/// flags go to the configurations that honour them, and one that neither honours is an error.
+fn compare_configs(args: &Args) -> anyhow::Result<Vec<Config>> {
+    let mut planned = Vec::new();
+    for label in &args.compare {
+        if let Some(ep) = label.strip_prefix("ort-") {
+            Provider::parse(ep).map_err(|e| match e {
+                Error::InvalidInput { reason, .. } => Error::invalid_input("--compare", reason),
+                other => other,
+            })?;
+        }
+        let (asked, backend_label) = if let Some(asked) = args.backend.with_label(label) {
+            (asked, true)
+        } else if Path::new(label).is_dir() {
+            (args.backend.clone(), false)
+        } else {
+            return Err(Error::invalid_input(
+                "--compare",
+                format!(
+                    "{label:?} is neither a backend (tract, ort-cpu, ort-cuda, ort-tensorrt, \
+                     ort-auto) nor a graph set directory"
+                ),
+            )
+            .into());
+        };
+        let (config_args, skipped) = asked.split_unhonoured()?;
+        planned.push((label, backend_label, config_args, skipped));
+    }
+    if planned
+        .iter()
+        .all(|(.., backend_label, _, _)| *backend_label)
+    {
+        let given = [
+            ("--backend", args.backend.backend.is_some()),
+            ("--ep", args.backend.ep.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(Error::invalid_input(
+                *flag,
+                "--compare names the backend of both configurations",
+            )
+            .into());
+        }
+    }
+    if let Some(flag) = planned[0].3.iter().find(|f| planned[1].3.contains(f)) {
+        let names: Vec<&str> = planned.iter().map(|p| p.0.as_str()).collect();
+        return Err(Error::invalid_input(
+            *flag,
+            format!(
+                "neither compared configuration ({}) can honour it",
+                names.join(", ")
+            ),
+        )
+        .into());
+    }
+    let checksums = Checksums::from_skip_flag(args.skip_checksums);
+    let mut configs = Vec::new();
+    for (label, backend_label, config_args, _) in planned {
+        let dir = if backend_label {
+            &args.models
+        } else {
+            Path::new(label)
+        };
+        configs.push(Config {
+            label: label.clone(),
+            backend_label,
+            backend: config_args.make()?,
+            args: config_args,
+            set: ModelSet::open(dir, checksums)?,
+        });
+    }
+    Ok(configs)
 }
 
 fn time_one(
@@ -350,17 +418,16 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
     };
     let mut results: Vec<PipelineStats> = Vec::new();
     for config in configs {
-        // ModelSet is not Clone: reopen it (cheap: the manifest only, checksums already checked).
-        let set = ModelSet::open(&config.set.dir, Checksums::Skip)?;
         let stats = time_pipeline(
             config.backend.as_ref(),
-            set,
+            config.set.clone(),
             &layout,
             &params,
             faces.as_deref(),
             warmup,
             runs,
         )?;
+        config.args.check_resolved(config.backend.as_ref())?;
         if args.json {
             let stages: serde_json::Map<String, serde_json::Value> = stats
                 .stages
@@ -368,7 +435,7 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
                 .map(|(name, s)| (name.to_string(), timing_json(s)))
                 .collect();
             let line = json!({
-                "config": config.label,
+                "config": config.shown(),
                 "backend": config.backend.name(),
                 "models": config.set.dir.display().to_string(),
                 "layout": layout_name,
@@ -394,14 +461,15 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
         let ratio = a.total.median_ms / b.total.median_ms;
         if args.json {
             let line = json!({
-                "compare": [configs[0].label, configs[1].label],
+                "compare": [configs[0].shown(), configs[1].shown()],
                 "ratio_of_total_medians": ratio,
             });
             println!("{line}");
         } else {
             println!(
                 "ratio of total medians ({} / {}): {ratio:.3}",
-                configs[0].label, configs[1].label
+                configs[0].shown(),
+                configs[1].shown()
             );
         }
     }
@@ -432,7 +500,7 @@ fn print_pipeline_table(
     for config in configs {
         header.push_str(&format!(
             " {:>14} {:>10}",
-            format!("{} median ms", config.label),
+            format!("{} median ms", config.shown()),
             "p90 ms"
         ));
     }
@@ -458,7 +526,7 @@ fn print_pipeline_table(
     let shares: Vec<String> = configs
         .iter()
         .zip(results)
-        .map(|(c, s)| format!("{} {:.2}%", c.label, 100.0 * s.rust_owned_share()))
+        .map(|(c, s)| format!("{} {:.2}%", c.shown(), 100.0 * s.rust_owned_share()))
         .collect();
     println!(
         "Rust-owned share of the median total (faces, tokenize, condition, scheduler + CFG, \

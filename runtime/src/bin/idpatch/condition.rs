@@ -1,11 +1,11 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use idpatch::backend::load_checked;
 use idpatch::condition::{self, ConditionOptions};
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet, Role};
-use idpatch::{fsutil, npy, pipeline};
+use idpatch::{fsutil, npy, pipeline, Error};
 
 use crate::backend_args::BackendArgs;
 use crate::generate::check_output;
@@ -19,12 +19,17 @@ pub struct Args {
     /// computing them from the faces.
     #[arg(long)]
     patches: Option<PathBuf>,
-    /// Graph set directory (holding manifest.json), for computing patches from the faces.
-    #[arg(long, default_value = "models/tiny")]
-    models: PathBuf,
-    /// Backend that runs arcface and patch_proj when the patches come from the faces.
+    /// Graph set directory (holding manifest.json), for computing patches from the faces
+    /// [default: models/tiny]; not with --patches.
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Backend that runs arcface and patch_proj when the patches come from the faces (not with
+    /// --patches, where no graph runs).
     #[command(flatten)]
     backend: BackendArgs,
+    /// Do not verify the set's files against the manifest's sha256; not with --patches.
+    #[arg(long)]
+    skip_checksums: bool,
     /// Condition preview PNG (values clamped to [0, 1]).
     #[arg(long)]
     out: PathBuf,
@@ -41,6 +46,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(raw) = &args.raw {
         check_output("--raw", raw)?;
     }
+    if args.patches.is_some() {
+        // No graph runs: flags about the set or the backend would be silently ignored.
+        let set_flags = [
+            ("--models", args.models.is_some()),
+            ("--backend", args.backend.backend.is_some()),
+            ("--skip-checksums", args.skip_checksums),
+        ];
+        let given = set_flags
+            .iter()
+            .filter(|(_, given)| *given)
+            .map(|(f, _)| *f);
+        if let Some(flag) = given.chain(args.backend.ort_flags()).next() {
+            return Err(Error::invalid_input(
+                flag,
+                "cannot be combined with --patches (no graph runs; the patches are given)",
+            )
+            .into());
+        }
+    } else {
+        args.backend.check()?;
+    }
     // Face photos are only needed when the patches are computed from them.
     let layout = Layout::load(&args.layout, args.patches.is_none())?;
     let patches = match &args.patches {
@@ -50,10 +76,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             patches
         }
         None => {
-            let set = ModelSet::open(&args.models, Checksums::Skip)?;
+            let models = args.models.as_deref().unwrap_or(Path::new("models/tiny"));
+            let set = ModelSet::open(models, Checksums::from_skip_flag(args.skip_checksums))?;
             let faces = pipeline::face_batch(&layout)?;
             let backend = args.backend.make()?;
             let mut arcface = load_checked(backend.as_ref(), &set, Role::Arcface)?;
+            args.backend.check_resolved(backend.as_ref())?;
             let mut patch_proj = load_checked(backend.as_ref(), &set, Role::PatchProj)?;
             let embeddings = pipeline::id_embeddings(arcface.as_mut(), &faces)?;
             pipeline::id_patches(patch_proj.as_mut(), &embeddings)?

@@ -64,6 +64,10 @@ pub struct Args {
     /// Output PNG (layout's width x height), with the generation parameters as text chunks.
     #[arg(long)]
     out: PathBuf,
+    /// Do not verify the set's files against the manifest's sha256 (the PNG then records
+    /// `model_set_checksums: skipped`).
+    #[arg(long)]
+    skip_checksums: bool,
 }
 
 /// An output path must be in an existing directory (checked before any work is done).
@@ -112,6 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bf16_positions: args.bf16_positions,
     };
     params.check()?;
+    args.backend.check()?;
     check_output("--out", &args.out)?;
     if let Some(path) = &args.save_condition {
         check_output("--save-condition", path)?;
@@ -120,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         check_output("--save-latents", path)?;
     }
     let layout = Layout::load(&args.layout, true)?;
-    let set = ModelSet::open(&args.models, Checksums::Skip)?;
+    let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
     let tokenizers = Tokenizers::load(&set)?;
     let init_noise = args.init_noise.as_deref().map(npy::read).transpose()?;
     let job = pipeline::prepare(
@@ -135,12 +140,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let scheduler_name = job.scheduler.kind().name();
     let set_name = set.name().to_string();
-    let digest = set.graphs_digest()?;
+    let digest = set.model_set_digest()?;
+    let checksums = match set.checksums {
+        Checksums::Verify => "verified",
+        Checksums::Skip => "skipped",
+    };
 
     let backend = args.backend.make()?;
     let load_started = Instant::now();
     let mut models = Models::load(backend.as_ref(), set)?;
     let load_graphs = load_started.elapsed();
+    args.backend.check_resolved(backend.as_ref())?;
 
     let show_progress = std::io::stderr().is_terminal();
     let mut progress = |done: usize, total: usize| {
@@ -162,7 +172,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         p.id_injection_ratio.to_string(),
     );
     let software = format!("idpatch {}", env!("CARGO_PKG_VERSION"));
-    let backend_label = args.backend.label();
+    // What ran: `--ep auto` is recorded as the provider it settled on.
+    let backend_label = backend.name();
     let init_noise_name = args.init_noise.as_ref().map(|p| p.display().to_string());
     let mut text: Vec<(&str, &str)> = vec![
         ("prompt", &p.prompt),
@@ -175,6 +186,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ("scheduler", scheduler_name),
         ("model_set", &set_name),
         ("model_set_digest", &digest),
+        ("model_set_checksums", checksums),
         ("backend", &backend_label),
         ("software", &software),
     ];
