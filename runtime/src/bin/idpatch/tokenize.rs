@@ -3,9 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::output::{note, outln};
 use anyhow::Context;
+use idpatch::limits::MAX_PROMPT_BYTES;
 use idpatch::tokenizer::{ClipTokenizer, Encoding, MAX_TEXT_TOKENS};
-use idpatch::Error;
+use idpatch::{fsutil, Error};
 use serde_json::Value;
 
 #[derive(clap::Args)]
@@ -23,15 +25,27 @@ pub struct Args {
 }
 
 const NAMES: [&str; 2] = ["tokenizer", "tokenizer_2"];
+/// Largest manifest.json read, in bytes (a full set's is about 15 KB).
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.prompt.len() > MAX_PROMPT_BYTES {
+        return Err(Error::invalid_input(
+            "PROMPT",
+            format!(
+                "{} bytes long, at most {MAX_PROMPT_BYTES} are accepted",
+                args.prompt.len()
+            ),
+        )
+        .into());
+    }
     let mut encodings = Vec::new();
     for (name, files) in NAMES.iter().zip(tokenizer_files(&args.models)?) {
         let tokenizer = ClipTokenizer::from_files(&files.vocab, &files.merges, files.pad_token_id)
             .with_context(|| format!("loading {name}"))?;
         let encoding = tokenizer.encode(&args.prompt);
         if encoding.truncated {
-            eprintln!(
+            note!(
                 "warning: {name}: the prompt has more than {MAX_TEXT_TOKENS} tokens (77 with the \
                  start and end tokens); the rest is ignored"
             );
@@ -43,23 +57,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(name, encoding)| (name.to_string(), Value::from(encoding.ids.clone())))
             .collect();
-        println!("{}", Value::Object(object));
+        outln!("{}", Value::Object(object))?;
     } else {
         for (name, encoding) in &encodings {
-            print_plain(name, encoding);
+            print_plain(name, encoding)?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_plain(name: &str, encoding: &Encoding) {
+fn print_plain(name: &str, encoding: &Encoding) -> anyhow::Result<()> {
     let ids: Vec<String> = encoding.ids.iter().map(i64::to_string).collect();
-    println!(
+    outln!(
         "{name} ({} of {} tokens used): {}",
         encoding.tokens_used,
         ids.len(),
         ids.join(" ")
-    );
+    )
 }
 
 struct TokenizerFiles {
@@ -72,8 +86,7 @@ struct TokenizerFiles {
 fn tokenizer_files(models: &Path) -> anyhow::Result<Vec<TokenizerFiles>> {
     let manifest_path = models.join("manifest.json");
     let section = if manifest_path.exists() {
-        let text =
-            std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+        let text = fsutil::read_text_limited(&manifest_path, MAX_MANIFEST_BYTES, "manifest")?;
         let manifest: Value = serde_json::from_str(&text).map_err(|e| {
             Error::invalid_input(
                 manifest_path.display().to_string(),
