@@ -490,14 +490,48 @@ fn bad_inputs_exit_2_with_one_line_and_no_output() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// Copies the tiny set (top-level files and the tokenizer folder) into `dest`.
+fn copy_tiny_set(dest: &Path) {
+    for sub in ["", "tokenizer"] {
+        std::fs::create_dir_all(dest.join(sub)).unwrap();
+        for entry in std::fs::read_dir(tiny_dir().join(sub)).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), dest.join(sub).join(entry.file_name())).unwrap();
+            }
+        }
+    }
+}
+
+/// Sets the first value of the graph's largest float initializer (a weight) to NaN.
+fn poison_largest_weight(graph_file: &Path) {
+    use prost::Message;
+    let bytes = std::fs::read(graph_file).unwrap();
+    let mut model = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let weight = graph
+        .initializer
+        .iter_mut()
+        .filter(|t| t.data_type == 1) // FLOAT
+        .max_by_key(|t| t.raw_data.len() + 4 * t.float_data.len())
+        .expect("a float initializer");
+    if weight.raw_data.is_empty() {
+        weight.float_data[0] = f32::NAN;
+    } else {
+        weight.raw_data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(graph_file, model.encode_to_vec()).unwrap();
+}
+
 #[test]
 fn non_finite_values_stop_the_run_naming_step_and_graph() {
+    // Every number a user gives is range-checked, so a NaN can only come from a graph: here a
+    // copy of the tiny set whose ControlNet has a NaN weight (generate does not hash the files).
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("out.png");
-    // Finite noise that overflows to infinity once scaled by the initial sigma (about 14.6).
-    let noise_path = dir.path().join("huge.npy");
-    let huge = idpatch::Tensor::from_f32(vec![1, 4, 8, 12], vec![3e38; 4 * 8 * 12]).unwrap();
-    npy::write(&noise_path, &huge).unwrap();
+    let set = dir.path().join("poisoned");
+    copy_tiny_set(&set);
+    poison_largest_weight(&set.join("controlnet.onnx"));
     let layout = data_dir().join("layout.json");
     let out = idpatch(&[
         "generate",
@@ -507,8 +541,8 @@ fn non_finite_values_stop_the_run_naming_step_and_graph() {
         "x",
         "--steps",
         "2",
-        "--init-noise",
-        s(&noise_path),
+        "--models",
+        s(&set),
         "--out",
         s(&png),
     ]);

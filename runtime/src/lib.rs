@@ -12,6 +12,7 @@ pub mod face;
 pub mod fsutil;
 pub mod image_io;
 pub mod layout;
+pub mod limits;
 pub mod manifest;
 pub mod noise;
 pub mod npy;

@@ -24,6 +24,7 @@ use crate::condition::{self, ConditionOptions};
 use crate::face;
 use crate::image_io::{self, Rgb8};
 use crate::layout::Layout;
+use crate::limits;
 use crate::manifest::{ModelSet, Role, SetConfig};
 use crate::noise::{NoiseGenerator, Stream};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
@@ -69,7 +70,7 @@ impl Default for Params {
 }
 
 impl Params {
-    /// Range checks; errors name the command-line flag.
+    /// Range checks (see [`crate::limits`]); errors name the command-line flag.
     pub fn check(&self) -> Result<()> {
         if self.steps == 0 || self.steps > MAX_STEPS {
             return Err(Error::invalid_input(
@@ -77,18 +78,11 @@ impl Params {
                 format!("{} is not between 1 and {MAX_STEPS}", self.steps),
             ));
         }
-        if !self.guidance.is_finite() || self.guidance < 0.0 {
-            return Err(Error::invalid_input(
-                "--guidance",
-                format!("{} must be a finite number >= 0", self.guidance),
-            ));
-        }
-        if !self.controlnet_scale.is_finite() {
-            return Err(Error::invalid_input(
-                "--controlnet-scale",
-                format!("{} is not a finite number", self.controlnet_scale),
-            ));
-        }
+        limits::check_scale("--guidance", self.guidance, limits::MAX_GUIDANCE)?;
+        let max_scale = limits::MAX_CONTROLNET_SCALE;
+        limits::check_scale("--controlnet-scale", self.controlnet_scale, max_scale)?;
+        limits::check_prompt("--prompt", &self.prompt)?;
+        limits::check_prompt("--negative-prompt", &self.negative_prompt)?;
         splice::check_ratio(self.id_injection_ratio, "--id-injection-ratio")
     }
 }
@@ -226,6 +220,9 @@ fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
         let keypoints = person
             .face_keypoints
             .map(|k| k.map(|[x, y]| [f64::from(x), f64::from(y)]));
+        if let Some(points) = &keypoints {
+            limits::check_face_points(points, img, i)?;
+        }
         if keypoints.is_none() && (img.width() != size || img.height() != size) {
             return Err(Error::invalid_input(
                 &name,
@@ -392,12 +389,7 @@ pub fn prepare_with_faces(
                     ),
                 ));
             }
-            if let Some(i) = tensor.first_non_finite() {
-                return Err(Error::invalid_input(
-                    name,
-                    format!("non-finite value at flat index {i}"),
-                ));
-            }
+            limits::check_init_noise(&tensor, name)?;
             tensor
         }
         None => {

@@ -6,13 +6,14 @@ use idpatch::bench::{
     golden_inputs, synth_face, synth_inputs, synth_layout, time_graph, time_pipeline,
     PipelineStats, Stats, SynthSize,
 };
-use idpatch::layout::Layout;
+use idpatch::layout::{Layout, MAX_PEOPLE, MAX_SIDE};
 use idpatch::manifest::{Checksums, ModelSet, Role};
-use idpatch::pipeline::{check_image_sides, Params};
+use idpatch::pipeline::{check_image_sides, Params, MAX_STEPS};
 use idpatch::Error;
 use serde_json::json;
 
 use crate::backend_args::{BackendArgs, Provider};
+use crate::output::outln;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum InputSource {
@@ -157,8 +158,60 @@ fn check_combinations(args: &Args) -> Result<(), Error> {
     }
 }
 
+/// Most untimed runs accepted.
+const MAX_WARMUP: usize = 1_000;
+/// Most timed runs accepted (every sample is kept for the percentiles).
+const MAX_RUNS: usize = 100_000;
+
+/// Range checks of the size and count flags, before anything is allocated from them: people as
+/// a layout allows, sides as the largest layout side (the multiple the set needs is checked
+/// with the set), steps as `generate` takes them.
+fn check_bounds(args: &Args) -> Result<(), Error> {
+    let max_side = MAX_SIDE as usize;
+    let ranges = [
+        ("--people", args.people, 1, MAX_PEOPLE),
+        ("--height", args.height, 1, max_side),
+        ("--width", args.width, 1, max_side),
+        ("--warmup", args.warmup, 0, MAX_WARMUP),
+        ("--runs", args.runs, 1, MAX_RUNS),
+        ("--steps", args.steps, 1, MAX_STEPS),
+    ];
+    for (flag, value, lo, hi) in ranges {
+        if let Some(v) = value.filter(|v| !(lo..=hi).contains(v)) {
+            return Err(Error::invalid_input(
+                flag,
+                format!("must be at least {lo} and at most {hi}, got {v}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `--sequence`: at most the text tokens plus the ID tokens of the most people a layout holds.
+fn check_sequence(sequence: Option<usize>, configs: &[Config]) -> Result<(), Error> {
+    let Some(sequence) = sequence else {
+        return Ok(());
+    };
+    for config in configs {
+        let c = &config.set.manifest.config;
+        let max = c.text_len + c.id_tokens_per_face * MAX_PEOPLE;
+        if !(1..=max).contains(&sequence) {
+            return Err(Error::invalid_input(
+                "--sequence",
+                format!(
+                    "must be at least 1 and at most {max} ({} text tokens + {} ID tokens for \
+                     each of at most {MAX_PEOPLE} people), got {sequence}",
+                    c.text_len, c.id_tokens_per_face
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     check_combinations(&args)?;
+    check_bounds(&args)?;
     let configs = if args.compare.is_empty() {
         args.backend.check()?;
         let checksums = Checksums::from_skip_flag(args.skip_checksums);
@@ -172,6 +225,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         compare_configs(&args)?
     };
+    check_sequence(args.sequence, &configs)?;
     if args.pipeline {
         return run_pipeline(&args, &configs);
     }
@@ -194,10 +248,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     if !args.json {
-        println!(
+        outln!(
             "{:<15} {:<22} {:>10} {:>10} {:>5}  shapes",
-            "graph", "config", "median ms", "p90 ms", "runs"
-        );
+            "graph",
+            "config",
+            "median ms",
+            "p90 ms",
+            "runs"
+        )?;
     }
     for role in roles {
         let mut medians = Vec::new();
@@ -221,14 +279,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "warmup": warmup,
                     "shapes": timing.shapes,
                 });
-                println!("{line}");
+                outln!("{line}")?;
             } else {
                 let shapes: Vec<String> = timing
                     .shapes
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
-                println!(
+                outln!(
                     "{:<15} {:<22} {:>10.3} {:>10.3} {:>5}  {}",
                     role.name(),
                     config.shown(),
@@ -236,7 +294,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     timing.stats.p90_ms,
                     timing.stats.runs,
                     shapes.join(" ")
-                );
+                )?;
             }
         }
         if let [a, b] = medians[..] {
@@ -247,14 +305,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "compare": [configs[0].shown(), configs[1].shown()],
                     "ratio_of_medians": ratio,
                 });
-                println!("{line}");
+                outln!("{line}")?;
             } else {
-                println!(
+                outln!(
                     "{:<15} {:<22} {:>10.3}",
                     role.name(),
                     "ratio of medians",
                     ratio
-                );
+                )?;
             }
         }
     }
@@ -450,12 +508,12 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
                 "first_runs": timing_json(&stats.first_runs),
                 "load_graphs_ms": stats.load_graphs_ms,
             });
-            println!("{line}");
+            outln!("{line}")?;
         }
         results.push(stats);
     }
     if !args.json {
-        print_pipeline_table(configs, &results, &layout, &layout_name, &params, runs);
+        print_pipeline_table(configs, &results, &layout, &layout_name, &params, runs)?;
     }
     if let [a, b] = &results[..] {
         let ratio = a.total.median_ms / b.total.median_ms;
@@ -464,13 +522,13 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
                 "compare": [configs[0].shown(), configs[1].shown()],
                 "ratio_of_total_medians": ratio,
             });
-            println!("{line}");
+            outln!("{line}")?;
         } else {
-            println!(
+            outln!(
                 "ratio of total medians ({} / {}): {ratio:.3}",
                 configs[0].shown(),
                 configs[1].shown()
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -488,14 +546,14 @@ fn print_pipeline_table(
     layout_name: &str,
     params: &Params,
     runs: usize,
-) {
-    println!(
+) -> anyhow::Result<()> {
+    outln!(
         "pipeline: {}x{} (width x height), {} people, {} steps, layout {layout_name}, {runs} runs",
         layout.width,
         layout.height,
         layout.people.len(),
         params.steps
-    );
+    )?;
     let mut header = format!("{:<28}", "stage");
     for config in configs {
         header.push_str(&format!(
@@ -504,33 +562,33 @@ fn print_pipeline_table(
             "p90 ms"
         ));
     }
-    println!("{header}");
+    outln!("{header}")?;
     let row = |name: &str, pick: &dyn Fn(&PipelineStats) -> (f64, f64)| {
         let mut line = format!("{name:<28}");
         for stats in results {
             let (median, p90) = pick(stats);
             line.push_str(&format!(" {median:>14.3} {p90:>10.3}"));
         }
-        println!("{line}");
+        outln!("{line}")
     };
     for (i, (name, _)) in results[0].stages.iter().enumerate() {
-        row(name, &|s| (s.stages[i].1.median_ms, s.stages[i].1.p90_ms));
+        row(name, &|s| (s.stages[i].1.median_ms, s.stages[i].1.p90_ms))?;
     }
-    row("total", &|s| (s.total.median_ms, s.total.p90_ms));
+    row("total", &|s| (s.total.median_ms, s.total.p90_ms))?;
     row("  first runs (in cn + unet)", &|s| {
         (s.first_runs.median_ms, s.first_runs.p90_ms)
-    });
+    })?;
     row("load graphs (once)", &|s| {
         (s.load_graphs_ms, s.load_graphs_ms)
-    });
+    })?;
     let shares: Vec<String> = configs
         .iter()
         .zip(results)
         .map(|(c, s)| format!("{} {:.2}%", c.shown(), 100.0 * s.rust_owned_share()))
         .collect();
-    println!(
+    outln!(
         "Rust-owned share of the median total (faces, tokenize, condition, scheduler + CFG, \
          to RGB8): {}",
         shares.join(", ")
-    );
+    )
 }

@@ -8,7 +8,6 @@ use idpatch::manifest::{Checksums, ModelSet, Role};
 use idpatch::{fsutil, npy, pipeline, Error};
 
 use crate::backend_args::BackendArgs;
-use crate::generate::check_output;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,10 +41,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    check_output("--out", &args.out)?;
-    if let Some(raw) = &args.raw {
-        check_output("--raw", raw)?;
-    }
     if args.patches.is_some() {
         // No graph runs: flags about the set or the backend would be silently ignored.
         let set_flags = [
@@ -69,6 +64,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     // Face photos are only needed when the patches are computed from them.
     let layout = Layout::load(&args.layout, args.patches.is_none())?;
+    let mut outputs = vec![("--out", args.out.as_path())];
+    outputs.extend(args.raw.as_deref().map(|p| ("--raw", p)));
+    let mut inputs = vec![("--layout", args.layout.as_path())];
+    inputs.extend(args.patches.as_deref().map(|p| ("--patches", p)));
+    let faces = layout.face_inputs();
+    inputs.extend(faces.iter().map(|(name, p)| (name.as_str(), *p)));
+    fsutil::check_outputs(&outputs, &inputs)?;
     let patches = match &args.patches {
         Some(path) => {
             let patches = npy::read(path)?;
@@ -94,9 +96,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tensor = condition::condition_tensor(&layout, &patches, &options)?;
     let png = condition::preview_png(&tensor)?;
 
-    fsutil::write_atomic(&args.out, &png)?;
-    if let Some(raw) = &args.raw {
-        npy::write(raw, &tensor)?;
-    }
+    // Both outputs appear together or not at all.
+    let raw = args
+        .raw
+        .as_ref()
+        .map(|path| (path.as_path(), npy::to_bytes(&tensor)));
+    let mut files: Vec<(&Path, &[u8])> = vec![(&args.out, &png)];
+    files.extend(raw.iter().map(|(path, bytes)| (*path, bytes.as_slice())));
+    fsutil::write_all_atomic(&files)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -10,9 +10,10 @@ use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet};
 use idpatch::pipeline::{self, Models, Params, Tokenizers};
 use idpatch::scheduler::SchedulerKind;
-use idpatch::{npy, Error};
+use idpatch::{fsutil, npy, Error};
 
 use crate::backend_args::BackendArgs;
+use crate::output::{note, note_inline};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -70,29 +71,21 @@ pub struct Args {
     skip_checksums: bool,
 }
 
-/// An output path must be in an existing directory (checked before any work is done).
-pub fn check_output(flag: &str, path: &Path) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if path.file_name().is_none() {
-        return Err(Error::invalid_input(
-            flag,
-            format!("{} has no file name", path.display()),
-        ));
-    }
-    if !dir.is_dir() {
-        return Err(Error::invalid_input(
-            flag,
-            format!(
-                "cannot write {}: directory {} does not exist",
-                path.display(),
-                dir.display()
-            ),
-        ));
-    }
-    Ok(())
+/// The output flags, checked together and against the inputs before any work (see
+/// [`fsutil::check_outputs`]).
+fn check_paths(args: &Args, layout: &Layout) -> Result<(), Error> {
+    let mut outputs = vec![("--out", args.out.as_path())];
+    outputs.extend(
+        args.save_condition
+            .as_deref()
+            .map(|p| ("--save-condition", p)),
+    );
+    outputs.extend(args.save_latents.as_deref().map(|p| ("--save-latents", p)));
+    let mut inputs = vec![("--layout", args.layout.as_path())];
+    inputs.extend(args.init_noise.as_deref().map(|p| ("--init-noise", p)));
+    let faces = layout.face_inputs();
+    inputs.extend(faces.iter().map(|(name, p)| (name.as_str(), *p)));
+    fsutil::check_outputs(&outputs, &inputs)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -117,14 +110,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     params.check()?;
     args.backend.check()?;
-    check_output("--out", &args.out)?;
-    if let Some(path) = &args.save_condition {
-        check_output("--save-condition", path)?;
-    }
-    if let Some(path) = &args.save_latents {
-        check_output("--save-latents", path)?;
-    }
     let layout = Layout::load(&args.layout, true)?;
+    check_paths(&args, &layout)?;
     let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
     let tokenizers = Tokenizers::load(&set)?;
     let init_noise = args.init_noise.as_deref().map(npy::read).transpose()?;
@@ -136,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         init_noise.map(|t| (t, "--init-noise")),
     )?;
     for warning in job.warnings() {
-        eprintln!("warning: {warning}");
+        note!("warning: {warning}");
     }
     let scheduler_name = job.scheduler.kind().name();
     let set_name = set.name().to_string();
@@ -155,9 +142,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let show_progress = std::io::stderr().is_terminal();
     let mut progress = |done: usize, total: usize| {
         if show_progress {
-            eprint!("\rdenoising: step {done}/{total}");
+            note_inline!("\rdenoising: step {done}/{total}");
             if done == total {
-                eprintln!();
+                note!();
             }
         }
     };
@@ -196,16 +183,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if p.bf16_positions {
         text.push(("bf16_positions", "true"));
     }
-    image_io::save_png(&args.out, &generated.image, &text)?;
+    // Every output is encoded first, then all are written together: none or all appear.
+    let image_png = image_io::encode_png(&generated.image, &text)?;
+    let mut files: Vec<(&Path, Vec<u8>)> = vec![(&args.out, image_png)];
     if let Some(path) = &args.save_condition {
-        idpatch::fsutil::write_atomic(
-            path,
-            &idpatch::condition::preview_png(&generated.condition)?,
-        )?;
+        let preview = idpatch::condition::preview_png(&generated.condition)?;
+        files.push((path, preview));
     }
     if let Some(path) = &args.save_latents {
-        npy::write(path, &generated.latents)?;
+        files.push((path, npy::to_bytes(&generated.latents)));
     }
-    eprintln!("{}", generated.timings.summary(started.elapsed()));
+    let files: Vec<(&Path, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    fsutil::write_all_atomic(&files)?;
+    note!("{}", generated.timings.summary(started.elapsed()));
     Ok(ExitCode::SUCCESS)
 }

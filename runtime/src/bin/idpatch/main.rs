@@ -9,6 +9,7 @@ mod backend_args;
 mod bench;
 mod condition;
 mod generate;
+mod output;
 mod schedule;
 mod tokenize;
 mod validate;
@@ -58,10 +59,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of stdout has all it wanted (`idpatch ... | head`): a quiet success.
+        Err(err) if err.downcast_ref::<output::StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(err) => {
             // One line, whatever the message: ONNX Runtime's own messages may hold newlines.
             let message = format!("{err:#}");
-            eprintln!(
+            output::note!(
                 "error: {}",
                 message.split_whitespace().collect::<Vec<_>>().join(" ")
             );

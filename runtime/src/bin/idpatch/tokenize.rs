@@ -3,10 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::output::{note, outln};
 use anyhow::Context;
 use idpatch::checksum::ChecksumCache;
+use idpatch::limits::MAX_PROMPT_BYTES;
 use idpatch::manifest::{open_tokenizers, Checksums};
 use idpatch::tokenizer::{ClipTokenizer, Encoding, MAX_TEXT_TOKENS};
+use idpatch::Error;
 use serde_json::Value;
 
 #[derive(clap::Args)]
@@ -29,6 +32,16 @@ pub struct Args {
 const NAMES: [&str; 2] = ["tokenizer", "tokenizer_2"];
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.prompt.len() > MAX_PROMPT_BYTES {
+        return Err(Error::invalid_input(
+            "PROMPT",
+            format!(
+                "{} bytes long, at most {MAX_PROMPT_BYTES} are accepted",
+                args.prompt.len()
+            ),
+        )
+        .into());
+    }
     let mut encodings = Vec::new();
     for (name, files) in NAMES.iter().zip(tokenizer_files(
         &args.models,
@@ -38,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("loading {name}"))?;
         let encoding = tokenizer.encode(&args.prompt);
         if encoding.truncated {
-            eprintln!(
+            note!(
                 "warning: {name}: the prompt has more than {MAX_TEXT_TOKENS} tokens (77 with the \
                  start and end tokens); the rest is ignored"
             );
@@ -50,23 +63,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(name, encoding)| (name.to_string(), Value::from(encoding.ids.clone())))
             .collect();
-        println!("{}", Value::Object(object));
+        outln!("{}", Value::Object(object))?;
     } else {
         for (name, encoding) in &encodings {
-            print_plain(name, encoding);
+            print_plain(name, encoding)?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_plain(name: &str, encoding: &Encoding) {
+fn print_plain(name: &str, encoding: &Encoding) -> anyhow::Result<()> {
     let ids: Vec<String> = encoding.ids.iter().map(i64::to_string).collect();
-    println!(
+    outln!(
         "{name} ({} of {} tokens used): {}",
         encoding.tokens_used,
         ids.len(),
         ids.join(" ")
-    );
+    )
 }
 
 struct TokenizerFiles {
