@@ -526,12 +526,19 @@ fn poison_largest_weight(graph_file: &Path) {
 #[test]
 fn non_finite_values_stop_the_run_naming_step_and_graph() {
     // Every number a user gives is range-checked, so a NaN can only come from a graph: here a
-    // copy of the tiny set whose ControlNet has a NaN weight (generate does not hash the files).
+    // copy of the tiny set whose ControlNet has a NaN weight, its manifest checksum updated so
+    // that the set verifies and the graph really runs.
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("out.png");
     let set = dir.path().join("poisoned");
     copy_tiny_set(&set);
-    poison_largest_weight(&set.join("controlnet.onnx"));
+    let graph = set.join("controlnet.onnx");
+    poison_largest_weight(&graph);
+    let manifest_path = set.join("manifest.json");
+    let mut manifest: serde_json::Value = common::read_json(&manifest_path);
+    manifest["graphs"]["controlnet"]["sha256"] =
+        idpatch::checksum::sha256_file(&graph).unwrap().into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
     let layout = data_dir().join("layout.json");
     let out = idpatch(&[
         "generate",
