@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod bench;
 pub mod condition;
+pub mod denoise;
 pub mod error;
 pub mod face;
 pub mod fsutil;

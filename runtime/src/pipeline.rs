@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{load_checked, Backend, Graph, Value};
 use crate::condition::{self, ConditionOptions};
+use crate::denoise::{self, DenoiserInputs, GenerationTraffic};
 use crate::face;
 use crate::image_io::{self, Rgb8};
 use crate::layout::Layout;
 use crate::manifest::{ModelSet, Role, SetConfig};
 use crate::noise::{NoiseGenerator, Stream};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
-use crate::splice::{self, EncoderStates};
+use crate::splice;
 use crate::tensor::DType;
 use crate::tokenizer::{ClipTokenizer, Encoding};
 use crate::{Error, Result, Tensor};
@@ -49,6 +50,11 @@ pub struct Params {
     pub seed: u64,
     /// Round patch centres through bfloat16 as the reference does.
     pub bf16_positions: bool,
+    /// diffusers' `control_guidance_start`: the ControlNet runs on step `i` of `N` only when
+    /// `i / N >= start`, in [0, 1).
+    pub control_guidance_start: f64,
+    /// diffusers' `control_guidance_end`: ... and `(i + 1) / N <= end`, in (start, 1].
+    pub control_guidance_end: f64,
 }
 
 impl Default for Params {
@@ -64,6 +70,8 @@ impl Default for Params {
             scheduler: None,
             seed: 0,
             bf16_positions: false,
+            control_guidance_start: 0.0,
+            control_guidance_end: 1.0,
         }
     }
 }
@@ -89,7 +97,48 @@ impl Params {
                 format!("{} is not a finite number", self.controlnet_scale),
             ));
         }
-        splice::check_ratio(self.id_injection_ratio, "--id-injection-ratio")
+        splice::check_ratio(self.id_injection_ratio, "--id-injection-ratio")?;
+        self.check_guidance_window()?;
+        if !self.do_classifier_free_guidance() && !self.negative_prompt.is_empty() {
+            return Err(Error::invalid_input(
+                "--negative-prompt",
+                format!(
+                    "is not used without classifier-free guidance (--guidance {} is not above 1); \
+                     drop it or raise --guidance",
+                    self.guidance
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// diffusers' rules for the control guidance window: both in [0, 1], start below end.
+    fn check_guidance_window(&self) -> Result<()> {
+        let (start, end) = (self.control_guidance_start, self.control_guidance_end);
+        for (flag, value) in [
+            ("--control-guidance-start", start),
+            ("--control-guidance-end", end),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(Error::invalid_input(
+                    flag,
+                    format!("{value} is not in [0, 1]"),
+                ));
+            }
+        }
+        if start >= end {
+            return Err(Error::invalid_input(
+                "--control-guidance-start",
+                format!("{start} must be below --control-guidance-end ({end})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// diffusers' `do_classifier_free_guidance`: guidance only when `guidance > 1`; otherwise the
+    /// graphs run on the conditional half alone.
+    pub fn do_classifier_free_guidance(&self) -> bool {
+        self.guidance > 1.0
     }
 }
 
@@ -110,7 +159,8 @@ pub struct Timings {
     pub condition: Duration,
     /// ControlNet over the whole loop.
     pub controlnet: Duration,
-    /// UNet over the whole loop.
+    /// UNet over the whole loop, with the uploads of the denoiser inputs (constants once per
+    /// generation, `sample` and `timestep` per step).
     pub unet: Duration,
     /// Part of `controlnet` + `unet`: their first run at each sequence length, which includes a
     /// backend's per-shape preparation (tract optimises a plan for each new input shape).
@@ -120,12 +170,23 @@ pub struct Timings {
     pub vae_decode: Duration,
     /// Float image to 8-bit RGB (Rust).
     pub to_rgb: Duration,
+    /// ControlNet calls, and steps the control guidance window skipped.
+    pub controlnet_calls: usize,
+    pub controlnet_skipped: usize,
+    /// Median ControlNet call after its first run per sequence length (None without one).
+    pub controlnet_call: Option<Duration>,
 }
 
 impl Timings {
     /// Time spent in code this crate owns (everything but graph loading and graph runs).
     pub fn rust_owned(&self) -> Duration {
         self.faces + self.tokenize + self.condition + self.scheduler + self.to_rgb
+    }
+
+    /// ControlNet time the control guidance window saved: skipped steps times the median call.
+    pub fn controlnet_saved(&self) -> Option<Duration> {
+        let skipped = u32::try_from(self.controlnet_skipped).ok()?;
+        self.controlnet_call.map(|call| call * skipped)
     }
 
     /// Every stage summed.
@@ -172,6 +233,21 @@ impl Timings {
             100.0 * other.as_secs_f64() / total_s
         ));
         out.push_str(&format!("{:<28} {:>10.4}\n", "total", total.as_secs_f64()));
+        if self.controlnet_skipped > 0 {
+            let steps = self.controlnet_skipped + self.controlnet_calls;
+            out.push_str(&format!(
+                "controlnet skipped on {} of {steps} steps (control guidance window): {}\n",
+                self.controlnet_skipped,
+                match (self.controlnet_saved(), self.controlnet_call) {
+                    (Some(saved), Some(call)) => format!(
+                        "about {:.4} s saved at {:.3} ms per call",
+                        saved.as_secs_f64(),
+                        call.as_secs_f64() * 1e3
+                    ),
+                    _ => "no call after its first run to measure the saving by".into(),
+                }
+            ));
+        }
         out.push_str(&format!(
             "Rust-owned (faces, tokenize, condition, scheduler + CFG, to RGB8): {:.4} s, {:.2}% of total",
             self.rust_owned().as_secs_f64(),
@@ -241,7 +317,10 @@ fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
         }
         let what = format!("layout people[{i}].face_keypoints");
         let input = face::arcface_input(img, keypoints.as_ref(), &what)?;
-        data.extend_from_slice(input.as_f32().expect("arcface_input is f32"));
+        let input = input
+            .as_f32()
+            .ok_or_else(|| Error::invalid_input(&name, "the ArcFace input is not float32"))?;
+        data.extend_from_slice(input);
     }
     Tensor::from_f32(vec![layout.people.len(), 3, size, size], data)
 }
@@ -466,7 +545,7 @@ fn host_values<'a>(
         .collect()
 }
 
-fn check_finite(tensor: &Tensor, role: Role, output: &str, context: &str) -> Result<()> {
+pub(crate) fn check_finite(tensor: &Tensor, role: Role, output: &str, context: &str) -> Result<()> {
     match tensor.first_non_finite() {
         Some(i) => Err(Error::graph(
             role.name(),
@@ -559,6 +638,8 @@ pub struct Generated {
     /// The ControlNet condition (3, H, W).
     pub condition: Tensor,
     pub timings: Timings,
+    /// Bytes the backend moved, for backends with device memory.
+    pub traffic: Option<GenerationTraffic>,
 }
 
 /// Runs the pipeline. `progress(done, total)` is called after every denoising step.
@@ -568,17 +649,85 @@ pub fn generate(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Generated> {
     let mut timings = job.timings.clone();
-    let config = models.set.manifest.config.clone();
-    let params = &job.params;
+    let before = models.unet.traffic();
     let (height, width) = (job.layout.height as usize, job.layout.width as usize);
-    let (lh, lw) = job.latent_size(&models.set);
-    let channels = config.latent_channels;
+    let latent = job.latent_size(&models.set);
+    let cfg = job.params.do_classifier_free_guidance();
 
-    // Text: prompt and negative prompt in one batch per encoder.
     let started = Instant::now();
+    let (text, pooled) = encode_prompts(models, job, cfg)?;
+    timings.text_encoders = started.elapsed();
+
+    let started = Instant::now();
+    let (patches, tokens, negative_tokens) = encode_ids(models, &job.faces, cfg)?;
+    timings.id_graphs = started.elapsed();
+
+    let started = Instant::now();
+    let options = ConditionOptions {
+        bf16_positions: job.params.bf16_positions,
+    };
+    let condition = condition::condition_tensor(&job.layout, &patches, &options)?;
+    let inputs = DenoiserInputs::new(
+        &text,
+        pooled,
+        &tokens,
+        negative_tokens.as_ref(),
+        &condition,
+        job.params.controlnet_scale,
+    )?;
+    timings.condition = started.elapsed();
+
+    let denoised = denoise::denoise(
+        models.controlnet.as_mut(),
+        models.unet.as_mut(),
+        job,
+        inputs,
+        latent,
+        &mut timings,
+        progress,
+    )?;
+
+    let started = Instant::now();
+    let factor = models.set.manifest.config.vae_scaling_factor as f32;
+    let channels = job.noise.shape()[1];
+    let scaled = Tensor::from_f32(
+        vec![1, channels, latent.0, latent.1],
+        denoised.latents.iter().map(|x| x / factor).collect(),
+    )?;
+    let decoded = decode(models.vae_decoder.as_mut(), &scaled, (height, width))?;
+    timings.vae_decode = started.elapsed();
+
+    let started = Instant::now();
+    let image = to_rgb8(&decoded, width, height)?;
+    timings.to_rgb = started.elapsed();
+    let traffic = match (denoised.traffic, before, models.unet.traffic()) {
+        (Some(t), Some(a), Some(b)) => Some(GenerationTraffic {
+            total: b.since(a),
+            ..t
+        }),
+        _ => None,
+    };
+    Ok(Generated {
+        image,
+        latents: Tensor::from_f32(vec![1, channels, latent.0, latent.1], denoised.latents)?,
+        image_f32: Tensor::from_f32(vec![1, 3, height, width], decoded)?,
+        condition,
+        timings,
+        traffic,
+    })
+}
+
+/// Both text encoders on `[negative, prompt]` (with guidance) or the prompt alone: the hidden
+/// states side by side (B, 77, D) and the pooled embeddings (B, P).
+fn encode_prompts(models: &mut Models, job: &Job, cfg: bool) -> Result<(Tensor, Tensor)> {
+    // Rows of Job's `[negative, prompt]` encodings the graphs run on.
+    let rows: &[usize] = if cfg { &[0, 1] } else { &[1] };
     let ids = |tokens: &[Encoding; 2]| {
-        let v: Vec<i64> = tokens.iter().flat_map(|e| e.ids.iter().copied()).collect();
-        Tensor::from_i64(vec![2, tokens[0].ids.len()], v)
+        let v: Vec<i64> = rows
+            .iter()
+            .flat_map(|&r| tokens[r].ids.iter().copied())
+            .collect();
+        Tensor::from_i64(vec![rows.len(), tokens[0].ids.len()], v)
     };
     let ids_1 = ids(&job.tokens_1)?;
     let ids_2 = ids(&job.tokens_2)?;
@@ -586,223 +735,51 @@ pub fn generate(
         run_host(models.text_encoder.as_mut(), &[("input_ids", &ids_1)], "")?,
         "text_encoder",
     )?;
-    let mut out_2 = run_host(models.text_encoder_2.as_mut(), &[("input_ids", &ids_2)], "")?;
-    if out_2.len() != 2 {
+    let out_2 = run_host(models.text_encoder_2.as_mut(), &[("input_ids", &ids_2)], "")?;
+    let Ok::<[Tensor; 2], _>([hidden_2, pooled]) = out_2.try_into() else {
         return Err(Error::graph(
             "text_encoder_2",
-            format!(
-                "expected 2 outputs (hidden_states, text_embeds), got {}",
-                out_2.len()
-            ),
+            "expected 2 outputs (hidden_states, text_embeds)",
         ));
-    }
-    let pooled = out_2.pop().expect("two outputs");
-    let hidden_2 = out_2.pop().expect("two outputs");
-    timings.text_encoders = started.elapsed();
-
-    // ID embeddings, patches and tokens.
-    let started = Instant::now();
-    let embeddings = id_embeddings(models.arcface.as_mut(), &job.faces)?;
-    let patches = id_patches(models.patch_proj.as_mut(), &embeddings)?;
-    let tokens = id_tokens(models.prompt_proj.as_mut(), &embeddings)?;
-    let zeros = Tensor::zeros(embeddings.shape().to_vec(), DType::Float32);
-    let negative_tokens = id_tokens(models.prompt_proj.as_mut(), &zeros)?;
-    timings.id_graphs = started.elapsed();
-
-    // Condition image and spliced sequences.
-    let started = Instant::now();
-    let options = ConditionOptions {
-        bf16_positions: params.bf16_positions,
     };
-    let condition = condition::condition_tensor(&job.layout, &patches, &options)?;
     let text = side_by_side(&hidden_1, &hidden_2)?;
-    let (text_len, dim) = (text.shape()[1], text.shape()[2]);
-    if dim != config.cross_attention_dim {
+    let dim = text.shape()[2];
+    let expected = models.set.manifest.config.cross_attention_dim;
+    if dim != expected {
         return Err(models.set.error(format!(
-            "text encoders give {dim} features together, config.cross_attention_dim is {}",
-            config.cross_attention_dim
+            "text encoders give {dim} features together, config.cross_attention_dim is {expected}"
         )));
     }
-    let half = |t: &Tensor, b: usize| {
-        let v = t.as_f32().expect("f32");
-        let n = v.len() / 2;
-        Tensor::from_f32(vec![text_len, dim], v[b * n..(b + 1) * n].to_vec())
+    Ok((text, pooled))
+}
+
+/// ArcFace, then the ID patches and ID tokens; with guidance also the negative ID tokens
+/// (prompt_proj of zero embeddings).
+fn encode_ids(
+    models: &mut Models,
+    faces: &Tensor,
+    cfg: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let embeddings = id_embeddings(models.arcface.as_mut(), faces)?;
+    let patches = id_patches(models.patch_proj.as_mut(), &embeddings)?;
+    let tokens = id_tokens(models.prompt_proj.as_mut(), &embeddings)?;
+    let negative = if cfg {
+        let zeros = Tensor::zeros(embeddings.shape().to_vec(), DType::Float32);
+        Some(id_tokens(models.prompt_proj.as_mut(), &zeros)?)
+    } else {
+        None
     };
-    let states = EncoderStates::new(
-        &half(&text, 0)?,
-        &half(&text, 1)?,
-        &negative_tokens,
-        &tokens,
-    )?;
-    let repeat2 = |t: &Tensor| {
-        let mut shape = vec![2];
-        shape.extend_from_slice(t.shape());
-        let v = t.as_f32().expect("f32");
-        Tensor::from_f32(shape, [v, v].concat())
-    };
-    let controlnet_cond = repeat2(&condition)?;
-    let time_row = [height, width, 0, 0, height, width].map(|v| v as f32);
-    let time_ids = Tensor::from_f32(vec![2, 6], [time_row, time_row].concat())?;
-    let text_embeds = pooled; // (2, pooled): [negative, prompt]
-    let conditioning_scale = Tensor::from_f32(vec![1], vec![params.controlnet_scale as f32])?;
-    timings.condition = started.elapsed();
+    Ok((patches, tokens, negative))
+}
 
-    // Constant graph inputs, as values in each graph's dtypes.
-    let const_inputs = |graph: &dyn Graph| {
-        host_values(
-            graph,
-            &[
-                ("text_embeds", &text_embeds),
-                ("time_ids", &time_ids),
-                ("controlnet_cond", &controlnet_cond),
-                ("conditioning_scale", &conditioning_scale),
-            ],
-        )
-        .map(|v| {
-            v.into_iter()
-                .filter(|(n, _)| graph.io().inputs.iter().any(|s| s.name == *n))
-                .collect::<Vec<_>>()
-        })
-    };
-    let control_consts = const_inputs(models.controlnet.as_ref())?;
-    let unet_consts = const_inputs(models.unet.as_ref())?;
-    let sequences = |graph: &dyn Graph| -> Result<[Value; 2]> {
-        let mut v = host_values(
-            graph,
-            &[
-                ("encoder_hidden_states", states.text_only()),
-                ("encoder_hidden_states", states.full()),
-            ],
-        )?;
-        let full = v.pop().expect("two").1;
-        let text_only = v.pop().expect("two").1;
-        Ok([text_only, full])
-    };
-    let control_states = sequences(models.controlnet.as_ref())?;
-    let unet_states = sequences(models.unet.as_ref())?;
-
-    // Denoising.
-    let started = Instant::now();
-    let mut scheduler = job.scheduler.clone();
-    let steps = scheduler.len();
-    let sigma0 = scheduler.init_noise_sigma() as f32;
-    let mut latents: Vec<f32> = job.noise.to_f32_vec().iter().map(|x| x * sigma0).collect();
-    let n = latents.len();
-    let guidance = params.guidance as f32;
-    let noise = NoiseGenerator::new(params.seed);
-    timings.scheduler += started.elapsed();
-    for i in 0..steps {
-        let started = Instant::now();
-        let mut input = Vec::with_capacity(2 * n);
-        input.extend_from_slice(&latents);
-        input.extend_from_slice(&latents);
-        scheduler.scale_model_input_in_place(&mut input, i)?;
-        let t = scheduler.timesteps()[i] as f32;
-        let sample = Tensor::from_f32(vec![2, channels, lh, lw], input)?;
-        let timestep = Tensor::from_f32(vec![2], vec![t, t])?;
-        timings.scheduler += started.elapsed();
-        let phase = usize::from(splice::ids_active(i, steps, params.id_injection_ratio));
-        let context = format!("at step {i} of {steps}");
-
-        let first_run = i == 0
-            || phase != usize::from(splice::ids_active(i - 1, steps, params.id_injection_ratio));
-        let graphs_started = Instant::now();
-        let started = Instant::now();
-        let step_inputs = host_values(
-            models.controlnet.as_ref(),
-            &[("sample", &sample), ("timestep", &timestep)],
-        )?;
-        let mut named: Vec<(&str, &Value)> = step_inputs.iter().map(|(k, v)| (*k, v)).collect();
-        named.push(("encoder_hidden_states", &control_states[phase]));
-        named.extend(control_consts.iter().map(|(k, v)| (*k, v)));
-        let residuals = models.controlnet.run(&named)?;
-        let residual_names: Vec<String> = models
-            .controlnet
-            .io()
-            .outputs
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
-        for (value, name) in residuals.iter().zip(&residual_names) {
-            // Only host values can be checked without a copy; a device NaN shows up in the UNet.
-            if let Value::Host(t) = value {
-                check_finite(t, Role::Controlnet, name, &context)?;
-            }
-        }
-        timings.controlnet += started.elapsed();
-
-        let started = Instant::now();
-        let step_inputs = host_values(
-            models.unet.as_ref(),
-            &[("sample", &sample), ("timestep", &timestep)],
-        )?;
-        let mut named: Vec<(&str, &Value)> = step_inputs.iter().map(|(k, v)| (*k, v)).collect();
-        named.push(("encoder_hidden_states", &unet_states[phase]));
-        named.extend(unet_consts.iter().map(|(k, v)| (*k, v)));
-        named.extend(
-            residual_names
-                .iter()
-                .map(|k| k.as_str())
-                .zip(residuals.iter()),
-        );
-        let mut eps = models.unet.run(&named)?;
-        if eps.is_empty() {
-            return Err(Error::graph("unet", "the graph returned no output"));
-        }
-        let eps = models
-            .unet
-            .to_host(eps.swap_remove(0))?
-            .cast(DType::Float32)?;
-        check_finite(&eps, Role::Unet, "noise_pred", &context)?;
-        timings.unet += started.elapsed();
-        if first_run {
-            timings.first_runs += graphs_started.elapsed();
-        }
-
-        let started = Instant::now();
-        let eps = eps.as_f32().expect("cast to f32");
-        if eps.len() != 2 * n {
-            return Err(Error::graph(
-                "unet",
-                format!("noise_pred has {} values, expected {}", eps.len(), 2 * n),
-            ));
-        }
-        let (uncond, cond) = eps.split_at(n);
-        let guided: Vec<f32> = uncond
-            .iter()
-            .zip(cond)
-            .map(|(&u, &c)| u + guidance * (c - u))
-            .collect();
-        let step_noise = (scheduler.kind() == SchedulerKind::EulerAncestral)
-            .then(|| noise.normal(Stream::AncestralStep(i), n));
-        latents = scheduler.step(&guided, i, &latents, step_noise.as_deref())?;
-        if let Some(k) = latents.iter().position(|x| !x.is_finite()) {
-            return Err(Error::graph(
-                "scheduler",
-                format!(
-                    "NaN or infinity in the latents after the {} step {context} (flat index {k})",
-                    scheduler.kind()
-                ),
-            ));
-        }
-        timings.scheduler += started.elapsed();
-        progress(i + 1, steps);
-    }
-
-    // Decode.
-    let started = Instant::now();
-    let latent_shape = vec![1, channels, lh, lw];
-    let factor = config.vae_scaling_factor as f32;
-    let scaled = Tensor::from_f32(
-        latent_shape.clone(),
-        latents.iter().map(|x| x / factor).collect(),
-    )?;
+/// VAE decode of scaled latents (1, C, h, w) to `(x / 2 + 0.5).clamp(0, 1)`, planar (3, H, W).
+fn decode(
+    vae: &mut dyn Graph,
+    scaled: &Tensor,
+    (height, width): (usize, usize),
+) -> Result<Vec<f32>> {
     let decoded = first_output(
-        run_host(
-            models.vae_decoder.as_mut(),
-            &[("latent", &scaled)],
-            "after the last step",
-        )?,
+        run_host(vae, &[("latent", scaled)], "after the last step")?,
         "vae_decoder",
     )?;
     if decoded.shape() != [1, 3, height, width] {
@@ -814,24 +791,13 @@ pub fn generate(
             ),
         ));
     }
-    timings.vae_decode = started.elapsed();
-
-    let started = Instant::now();
-    let unit: Vec<f32> = decoded
+    let values = decoded
         .as_f32()
-        .expect("f32")
+        .ok_or_else(|| Error::graph("vae_decoder", "not f32"))?;
+    Ok(values
         .iter()
         .map(|x| (x / 2.0 + 0.5).clamp(0.0, 1.0))
-        .collect();
-    let image = to_rgb8(&unit, width, height)?;
-    timings.to_rgb = started.elapsed();
-    Ok(Generated {
-        image,
-        latents: Tensor::from_f32(latent_shape, latents)?,
-        image_f32: Tensor::from_f32(vec![1, 3, height, width], unit)?,
-        condition,
-        timings,
-    })
+        .collect())
 }
 
 /// (B, T, D1) and (B, T, D2) -> (B, T, D1 + D2).
@@ -856,7 +822,12 @@ fn side_by_side(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             ),
         ));
     }
-    let (va, vb) = (a.as_f32().expect("f32"), b.as_f32().expect("f32"));
+    let (Some(va), Some(vb)) = (a.as_f32(), b.as_f32()) else {
+        return Err(Error::graph(
+            "text_encoder",
+            "hidden states are not float32",
+        ));
+    };
     let mut out = Vec::with_capacity(batch * tokens * (d1 + d2));
     for row in 0..batch * tokens {
         out.extend_from_slice(&va[row * d1..(row + 1) * d1]);
