@@ -31,7 +31,8 @@ pub struct Args {
     /// Denoising steps (1 to 1000).
     #[arg(long, default_value_t = 50)]
     steps: usize,
-    /// Classifier-free guidance scale (>= 0; 1 means the prompt alone).
+    /// Classifier-free guidance scale (>= 0). Above 1 the graphs run on [negative, prompt];
+    /// at 1 or below on the prompt alone (batch 1, half the work; no --negative-prompt then).
     #[arg(long, default_value_t = 5.5, allow_negative_numbers = true)]
     guidance: f64,
     /// ControlNet conditioning scale.
@@ -40,6 +41,14 @@ pub struct Args {
     /// Share of the steps (the last ones) that see the ID tokens, in [0, 1].
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     id_injection_ratio: f64,
+    /// Fraction of the schedule before which the ControlNet is skipped (diffusers'
+    /// control_guidance_start): step i of N runs it only when i/N >= this, in [0, 1).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    control_guidance_start: f64,
+    /// Fraction of the schedule after which the ControlNet is skipped (diffusers'
+    /// control_guidance_end): step i of N runs it only when (i+1)/N <= this, in (start, 1].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    control_guidance_end: f64,
     /// euler, euler-a, ddim or dpmpp-2m (default: the set's scheduler config, Euler for SDXL).
     #[arg(long)]
     scheduler: Option<String>,
@@ -110,6 +119,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         scheduler,
         seed: args.seed,
         bf16_positions: args.bf16_positions,
+        control_guidance_start: args.control_guidance_start,
+        control_guidance_end: args.control_guidance_end,
     };
     params.check()?;
     check_output("--out", &args.out)?;
@@ -154,36 +165,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut generated = pipeline::generate(&mut models, &job, &mut progress)?;
     generated.timings.load_graphs = load_graphs;
 
-    let p = &job.params;
-    let (steps, seed) = (p.steps.to_string(), p.seed.to_string());
-    let (guidance, scale, ratio) = (
-        p.guidance.to_string(),
-        p.controlnet_scale.to_string(),
-        p.id_injection_ratio.to_string(),
-    );
-    let software = format!("idpatch {}", env!("CARGO_PKG_VERSION"));
-    let backend_label = args.backend.label();
-    let init_noise_name = args.init_noise.as_ref().map(|p| p.display().to_string());
-    let mut text: Vec<(&str, &str)> = vec![
-        ("prompt", &p.prompt),
-        ("negative_prompt", &p.negative_prompt),
-        ("seed", &seed),
-        ("steps", &steps),
-        ("guidance", &guidance),
-        ("controlnet_scale", &scale),
-        ("id_injection_ratio", &ratio),
-        ("scheduler", scheduler_name),
-        ("model_set", &set_name),
-        ("model_set_digest", &digest),
-        ("backend", &backend_label),
-        ("software", &software),
-    ];
-    if let Some(name) = &init_noise_name {
-        text.push(("init_noise", name));
-    }
-    if p.bf16_positions {
-        text.push(("bf16_positions", "true"));
-    }
+    let chunks = png_text(&args, &job.params, scheduler_name, &set_name, &digest);
+    let text: Vec<(&str, &str)> = chunks.iter().map(|(k, v)| (*k, v.as_str())).collect();
     image_io::save_png(&args.out, &generated.image, &text)?;
     if let Some(path) = &args.save_condition {
         idpatch::fsutil::write_atomic(
@@ -195,5 +178,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         npy::write(path, &generated.latents)?;
     }
     eprintln!("{}", generated.timings.summary(started.elapsed()));
+    if let Some(traffic) = &generated.traffic {
+        eprintln!("{}", traffic.summary());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The PNG text chunks: every generation parameter, the model set and the software.
+fn png_text(
+    args: &Args,
+    p: &Params,
+    scheduler: &str,
+    set_name: &str,
+    digest: &str,
+) -> Vec<(&'static str, String)> {
+    let mut text = vec![
+        ("prompt", p.prompt.clone()),
+        ("negative_prompt", p.negative_prompt.clone()),
+        ("seed", p.seed.to_string()),
+        ("steps", p.steps.to_string()),
+        ("guidance", p.guidance.to_string()),
+        ("controlnet_scale", p.controlnet_scale.to_string()),
+        ("id_injection_ratio", p.id_injection_ratio.to_string()),
+        (
+            "control_guidance_start",
+            p.control_guidance_start.to_string(),
+        ),
+        ("control_guidance_end", p.control_guidance_end.to_string()),
+        ("scheduler", scheduler.to_string()),
+        ("model_set", set_name.to_string()),
+        ("model_set_digest", digest.to_string()),
+        ("backend", args.backend.label()),
+        ("software", format!("idpatch {}", env!("CARGO_PKG_VERSION"))),
+    ];
+    if let Some(path) = &args.init_noise {
+        text.push(("init_noise", path.display().to_string()));
+    }
+    if p.bf16_positions {
+        text.push(("bf16_positions", "true".to_string()));
+    }
+    text
 }
