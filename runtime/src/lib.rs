@@ -18,6 +18,7 @@ pub mod npy;
 pub mod pipeline;
 pub mod scheduler;
 pub mod splice;
+pub mod stages;
 pub mod tensor;
 pub mod tokenizer;
 pub mod validate;

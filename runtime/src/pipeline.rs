@@ -7,11 +7,14 @@
 //!    them into ID patches, `prompt_proj` into ID tokens; the unconditional ID tokens are
 //!    `prompt_proj` of zeros.
 //! 3. Condition: pose skeleton plus ID patches ([`crate::condition`]).
-//! 4. Text: both tokenizers and encoders for the prompt and the negative prompt; the sequence is
-//!    the two hidden states side by side, the pooled embedding is encoder 2's.
-//! 5. Denoising with classifier-free guidance (batch `[uncond, cond]`), the ID tokens spliced in
-//!    per the injection schedule ([`crate::splice`]); ControlNet residuals go straight from the
-//!    ControlNet's outputs to the UNet's inputs as backend values.
+//! 4. Text: both tokenizers and encoders for the prompt and the negative prompt (the prompt
+//!    alone without guidance); the sequence is the two hidden states side by side, the pooled
+//!    embedding is encoder 2's ([`crate::stages`]).
+//! 5. Denoising ([`crate::denoise`]): classifier-free guidance on the batch `[uncond, cond]` when
+//!    `guidance > 1`, the conditional half alone otherwise (diffusers'
+//!    `do_classifier_free_guidance`); the ID tokens spliced in per the injection schedule
+//!    ([`crate::splice`]); the ControlNet inside its control guidance window, its residuals
+//!    going straight to the UNet's inputs as backend values; constant inputs uploaded once.
 //! 6. VAE decode, `(x / 2 + 0.5).clamp(0, 1)`, 8-bit RGB.
 //!
 //! [`prepare`] does everything that can fail on user input (and is cheap) before any graph is
@@ -29,6 +32,7 @@ use crate::manifest::{ModelSet, Role, SetConfig};
 use crate::noise::{NoiseGenerator, Stream};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
 use crate::splice;
+use crate::stages::{decode, encode_ids, encode_prompts};
 use crate::tensor::DType;
 use crate::tokenizer::{ClipTokenizer, Encoding};
 use crate::{Error, Result, Tensor};
@@ -590,7 +594,7 @@ pub fn id_tokens(prompt_proj: &mut dyn Graph, embeddings: &Tensor) -> Result<Ten
     )
 }
 
-fn first_output(outputs: Vec<Tensor>, graph: &str) -> Result<Tensor> {
+pub(crate) fn first_output(outputs: Vec<Tensor>, graph: &str) -> Result<Tensor> {
     outputs
         .into_iter()
         .next()
@@ -717,125 +721,6 @@ pub fn generate(
     })
 }
 
-/// Both text encoders on `[negative, prompt]` (with guidance) or the prompt alone: the hidden
-/// states side by side (B, 77, D) and the pooled embeddings (B, P).
-fn encode_prompts(models: &mut Models, job: &Job, cfg: bool) -> Result<(Tensor, Tensor)> {
-    // Rows of Job's `[negative, prompt]` encodings the graphs run on.
-    let rows: &[usize] = if cfg { &[0, 1] } else { &[1] };
-    let ids = |tokens: &[Encoding; 2]| {
-        let v: Vec<i64> = rows
-            .iter()
-            .flat_map(|&r| tokens[r].ids.iter().copied())
-            .collect();
-        Tensor::from_i64(vec![rows.len(), tokens[0].ids.len()], v)
-    };
-    let ids_1 = ids(&job.tokens_1)?;
-    let ids_2 = ids(&job.tokens_2)?;
-    let hidden_1 = first_output(
-        run_host(models.text_encoder.as_mut(), &[("input_ids", &ids_1)], "")?,
-        "text_encoder",
-    )?;
-    let out_2 = run_host(models.text_encoder_2.as_mut(), &[("input_ids", &ids_2)], "")?;
-    let Ok::<[Tensor; 2], _>([hidden_2, pooled]) = out_2.try_into() else {
-        return Err(Error::graph(
-            "text_encoder_2",
-            "expected 2 outputs (hidden_states, text_embeds)",
-        ));
-    };
-    let text = side_by_side(&hidden_1, &hidden_2)?;
-    let dim = text.shape()[2];
-    let expected = models.set.manifest.config.cross_attention_dim;
-    if dim != expected {
-        return Err(models.set.error(format!(
-            "text encoders give {dim} features together, config.cross_attention_dim is {expected}"
-        )));
-    }
-    Ok((text, pooled))
-}
-
-/// ArcFace, then the ID patches and ID tokens; with guidance also the negative ID tokens
-/// (prompt_proj of zero embeddings).
-fn encode_ids(
-    models: &mut Models,
-    faces: &Tensor,
-    cfg: bool,
-) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-    let embeddings = id_embeddings(models.arcface.as_mut(), faces)?;
-    let patches = id_patches(models.patch_proj.as_mut(), &embeddings)?;
-    let tokens = id_tokens(models.prompt_proj.as_mut(), &embeddings)?;
-    let negative = if cfg {
-        let zeros = Tensor::zeros(embeddings.shape().to_vec(), DType::Float32);
-        Some(id_tokens(models.prompt_proj.as_mut(), &zeros)?)
-    } else {
-        None
-    };
-    Ok((patches, tokens, negative))
-}
-
-/// VAE decode of scaled latents (1, C, h, w) to `(x / 2 + 0.5).clamp(0, 1)`, planar (3, H, W).
-fn decode(
-    vae: &mut dyn Graph,
-    scaled: &Tensor,
-    (height, width): (usize, usize),
-) -> Result<Vec<f32>> {
-    let decoded = first_output(
-        run_host(vae, &[("latent", scaled)], "after the last step")?,
-        "vae_decoder",
-    )?;
-    if decoded.shape() != [1, 3, height, width] {
-        return Err(Error::graph(
-            "vae_decoder",
-            format!(
-                "image has shape {:?}, expected [1, 3, {height}, {width}]",
-                decoded.shape()
-            ),
-        ));
-    }
-    let values = decoded
-        .as_f32()
-        .ok_or_else(|| Error::graph("vae_decoder", "not f32"))?;
-    Ok(values
-        .iter()
-        .map(|x| (x / 2.0 + 0.5).clamp(0.0, 1.0))
-        .collect())
-}
-
-/// (B, T, D1) and (B, T, D2) -> (B, T, D1 + D2).
-fn side_by_side(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (&[batch, tokens, d1], &[batch_b, tokens_b, d2]) = (a.shape(), b.shape()) else {
-        return Err(Error::graph(
-            "text_encoder",
-            format!(
-                "hidden states {:?} and {:?} are not (batch, tokens, dim)",
-                a.shape(),
-                b.shape()
-            ),
-        ));
-    };
-    if (batch, tokens) != (batch_b, tokens_b) {
-        return Err(Error::graph(
-            "text_encoder_2",
-            format!(
-                "hidden states {:?} do not match text_encoder's {:?}",
-                b.shape(),
-                a.shape()
-            ),
-        ));
-    }
-    let (Some(va), Some(vb)) = (a.as_f32(), b.as_f32()) else {
-        return Err(Error::graph(
-            "text_encoder",
-            "hidden states are not float32",
-        ));
-    };
-    let mut out = Vec::with_capacity(batch * tokens * (d1 + d2));
-    for row in 0..batch * tokens {
-        out.extend_from_slice(&va[row * d1..(row + 1) * d1]);
-        out.extend_from_slice(&vb[row * d2..(row + 1) * d2]);
-    }
-    Tensor::from_f32(vec![batch, tokens, d1 + d2], out)
-}
-
 /// A (3, H, W) planar image in [0, 1] as 8-bit RGB: `x * 255` rounded half away from zero.
 /// (diffusers' `numpy_to_pil` rounds half to even; the two differ only on exact halves.)
 pub fn to_rgb8(planar: &[f32], width: usize, height: usize) -> Result<Rgb8> {
@@ -933,6 +818,45 @@ mod tests {
         }
     }
 
+    // Rules of diffusers 0.42.1: `do_classifier_free_guidance` is `guidance_scale > 1`, and
+    // `StableDiffusionXLControlNetPipeline.check_inputs` refuses start >= end, start < 0, end > 1.
+    #[test]
+    fn guidance_mode_and_control_window_follow_diffusers() {
+        let at = |guidance: f64| Params {
+            guidance,
+            ..Params::default()
+        };
+        assert!(at(5.5).do_classifier_free_guidance());
+        assert!(at(1.0001).do_classifier_free_guidance());
+        assert!(!at(1.0).do_classifier_free_guidance());
+        assert!(!at(0.0).do_classifier_free_guidance());
+        let window = |start: f64, end: f64| Params {
+            control_guidance_start: start,
+            control_guidance_end: end,
+            ..Params::default()
+        };
+        assert!(window(0.0, 1.0).check().is_ok());
+        assert!(window(0.3, 0.8).check().is_ok());
+        for (start, end, message) in [
+            (0.5, 0.5, "--control-guidance-start: 0.5 must be below"),
+            (0.8, 0.3, "--control-guidance-start: 0.8 must be below"),
+            (-0.1, 0.5, "--control-guidance-start: -0.1 is not in [0, 1]"),
+            (0.2, 1.1, "--control-guidance-end: 1.1 is not in [0, 1]"),
+            (f64::NAN, 0.5, "--control-guidance-start: NaN"),
+        ] {
+            let err = window(start, end).check().unwrap_err().to_string();
+            assert!(err.starts_with(message), "{err}");
+        }
+        let negative = Params {
+            guidance: 1.0,
+            negative_prompt: "blurry".into(),
+            ..Params::default()
+        };
+        let err = negative.check().unwrap_err().to_string();
+        assert!(err.starts_with("--negative-prompt: is not used"), "{err}");
+        assert!(at(1.0).check().is_ok());
+    }
+
     #[test]
     fn rgb8_rounds_half_away_from_zero_and_clamps() {
         // 0.5/255 -> 0.5 -> 1; 1.5/255 -> 2; 2.5/255 -> 3 (half to even would give 2).
@@ -941,14 +865,5 @@ mod tests {
         let img = to_rgb8(&planar, 6, 1).unwrap();
         let reds: Vec<u8> = img.data().chunks(3).map(|p| p[0]).collect();
         assert_eq!(reds, [1, 2, 3, 0, 255, 255]);
-    }
-
-    #[test]
-    fn hidden_states_are_joined_on_the_feature_axis() {
-        let a = Tensor::from_f32(vec![1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
-        let b = Tensor::from_f32(vec![1, 2, 1], vec![10.0, 20.0]).unwrap();
-        let joined = side_by_side(&a, &b).unwrap();
-        assert_eq!(joined.shape(), [1, 2, 3]);
-        assert_eq!(joined.as_f32().unwrap(), [1.0, 2.0, 10.0, 3.0, 4.0, 20.0]);
     }
 }
