@@ -571,3 +571,187 @@ pub(super) fn declared_io(role: Role, session: &Session) -> Result<GraphIo> {
         outputs: session.outputs().iter().map(spec).collect::<Result<_>>()?,
     })
 }
+
+/// These run the tiny set's ControlNet on the CPU provider and need libonnxruntime 1.31.1
+/// (scripts/fetch-onnxruntime.sh; scripts/test.sh sets ORT_DYLIB_PATH). Expected byte counts come
+/// from the tensors' shapes; expected values from the same graph run the default way.
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::backend::ort::{find_library, OrtBackend, OrtOptions};
+    use crate::bench::{synth_inputs, SynthSize};
+    use crate::manifest::{Checksums, ModelSet};
+
+    fn backend() -> OrtBackend {
+        let library = find_library(None)
+            .unwrap_or_else(|e| panic!("these tests need ONNX Runtime 1.31.1: {e}"));
+        OrtBackend::new(OrtOptions {
+            library: Some(library),
+            outputs: Residency::Device,
+            ..OrtOptions::default()
+        })
+        .unwrap()
+    }
+
+    fn controlnet(backend: &OrtBackend) -> (ModelSet, OrtGraph) {
+        let set = ModelSet::open(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"),
+            Checksums::Skip,
+        )
+        .unwrap();
+        let path = set.graph_path(Role::Controlnet).unwrap();
+        let graph = backend.load_graph(Role::Controlnet, &path).unwrap();
+        (set, graph)
+    }
+
+    /// Made-up ControlNet inputs at `sequence` tokens: (name, tensor) in the manifest's order.
+    fn inputs(set: &ModelSet, sequence: usize) -> Vec<(String, Tensor)> {
+        let size = SynthSize {
+            height: 64,
+            width: 96,
+            people: 3,
+            sequence: Some(sequence),
+        };
+        synth_inputs(set, Role::Controlnet, &size).unwrap()
+    }
+
+    fn named(values: &[(String, Value)]) -> Vec<(&str, &Value)> {
+        values.iter().map(|(n, v)| (n.as_str(), v)).collect()
+    }
+
+    fn bytes(tensors: &[(String, Tensor)]) -> u64 {
+        tensors.iter().map(|(_, t)| host_bytes(t)).sum()
+    }
+
+    fn to_host(graph: &OrtGraph, outputs: Vec<Value>) -> Vec<Tensor> {
+        outputs
+            .into_iter()
+            .map(|v| graph.to_host(v).unwrap())
+            .collect()
+    }
+
+    fn delta(graph: &OrtGraph, before: Traffic) -> Traffic {
+        graph.counters.snapshot().since(before)
+    }
+
+    #[test]
+    fn device_values_are_bound_without_copies_and_host_values_uploaded_once() {
+        let backend = backend();
+        let (set, mut graph) = controlnet(&backend);
+        let host = inputs(&set, 125);
+        let input_bytes = bytes(&host);
+
+        let before = graph.counters.snapshot();
+        let device: Vec<(String, Value)> = host
+            .iter()
+            .map(|(n, t)| (n.clone(), graph.to_device(t.clone()).unwrap()))
+            .collect();
+        assert_eq!(
+            delta(&graph, before),
+            Traffic {
+                host_to_device: input_bytes,
+                ..Traffic::default()
+            }
+        );
+
+        let before = graph.counters.snapshot();
+        let from_device = graph.run(&named(&device)).unwrap();
+        assert_eq!(
+            delta(&graph, before),
+            Traffic::default(),
+            "a bound value was copied"
+        );
+        assert!(from_device.iter().all(|v| matches!(v, Value::Device(_))));
+        let output_bytes: u64 = from_device
+            .iter()
+            .map(|v| v.shape().iter().product::<usize>() as u64 * 4)
+            .sum();
+
+        let host_values: Vec<(String, Value)> = host
+            .iter()
+            .map(|(n, t)| (n.clone(), Value::Host(t.clone())))
+            .collect();
+        let before = graph.counters.snapshot();
+        let from_host = graph.run(&named(&host_values)).unwrap();
+        assert_eq!(
+            delta(&graph, before),
+            Traffic {
+                host_to_device: input_bytes,
+                ..Traffic::default()
+            }
+        );
+
+        let before = graph.counters.snapshot();
+        let a = to_host(&graph, from_device);
+        assert_eq!(
+            delta(&graph, before),
+            Traffic {
+                device_to_host: output_bytes,
+                ..Traffic::default()
+            }
+        );
+        assert_eq!(a, to_host(&graph, from_host));
+    }
+
+    #[test]
+    fn fixed_buffers_copy_inputs_in_and_outputs_out_per_set_of_shapes() {
+        let backend = backend();
+        let (set, mut plain) = controlnet(&backend);
+        let (_, mut fixed) = controlnet(&backend);
+        fixed.cuda_graphs = Some(HashMap::new());
+        let host = inputs(&set, 125);
+        let device: Vec<(String, Value)> = host
+            .iter()
+            .map(|(n, t)| (n.clone(), fixed.to_device(t.clone()).unwrap()))
+            .collect();
+        let expected = plain.run(&named(&device)).unwrap();
+        let expected = to_host(&plain, expected);
+        let output_bytes: u64 = expected.iter().map(host_bytes).sum();
+
+        // Device inputs are copied into the fixed buffers and the outputs out of them.
+        let before = fixed.counters.snapshot();
+        let first = fixed.run(&named(&device)).unwrap();
+        assert_eq!(
+            delta(&fixed, before),
+            Traffic {
+                device_to_device: bytes(&host) + output_bytes,
+                ..Traffic::default()
+            }
+        );
+        // A second run with other values must not overwrite the first run's outputs.
+        let mut other = host.clone();
+        for (name, tensor) in &mut other {
+            if name == "conditioning_scale" {
+                *tensor = Tensor::from_f32(vec![1], vec![0.25]).unwrap();
+            }
+        }
+        let other_values: Vec<(String, Value)> = other
+            .iter()
+            .map(|(n, t)| (n.clone(), Value::Host(t.clone())))
+            .collect();
+        let before = fixed.counters.snapshot();
+        let second = fixed.run(&named(&other_values)).unwrap();
+        assert_eq!(
+            delta(&fixed, before),
+            Traffic {
+                host_to_device: bytes(&other),
+                device_to_device: output_bytes,
+                ..Traffic::default()
+            }
+        );
+        assert_eq!(to_host(&fixed, first), expected);
+        assert_ne!(to_host(&fixed, second), expected);
+
+        // Another sequence length gets its own buffers; the same shapes reuse theirs.
+        let text_only = inputs(&set, 77);
+        let values: Vec<(String, Value)> = text_only
+            .iter()
+            .map(|(n, t)| (n.clone(), Value::Host(t.clone())))
+            .collect();
+        fixed.run(&named(&values)).unwrap();
+        fixed.run(&named(&device)).unwrap();
+        assert_eq!(fixed.cuda_graphs.as_ref().map(HashMap::len), Some(2));
+    }
+}
