@@ -154,6 +154,7 @@ fn guidance_uploads_constants_once_and_two_latents_per_step() {
     assert_traffic(&v, 3, 2, constants);
     assert_eq!(v["controlnet"]["calls"], 3);
     assert_eq!(v["controlnet"]["skipped"], 0);
+    assert!(v["controlnet"]["saved"].is_null(), "{v}");
 }
 
 #[test]

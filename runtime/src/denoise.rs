@@ -121,7 +121,7 @@ impl DenoiserInputs {
 
     /// Rows of the batch: 2 with classifier-free guidance, 1 without.
     pub fn batch(&self) -> usize {
-        self.time_ids.shape()[0]
+        self.time_ids.shape().first().copied().unwrap_or(0)
     }
 }
 
@@ -426,6 +426,16 @@ pub fn denoise(
     let params = &job.params;
     let steps = job.scheduler.len();
     let batch = inputs.batch();
+    if !(1..=2).contains(&batch) || job.noise.shape().len() != 4 {
+        return Err(Error::graph(
+            "pipeline",
+            format!(
+                "denoiser inputs of batch {batch} and initial noise {:?}: expected batch 1 or 2 \
+                 and (1, C, h, w) noise",
+                job.noise.shape()
+            ),
+        ));
+    }
     let keep = controlnet_keep(
         steps,
         params.control_guidance_start,

@@ -187,9 +187,12 @@ impl Timings {
         self.faces + self.tokenize + self.condition + self.scheduler + self.to_rgb
     }
 
-    /// ControlNet time the control guidance window saved: skipped steps times the median call.
+    /// ControlNet time the control guidance window saved: skipped steps times the median call
+    /// (None when no step was skipped or no call was timed after its first run).
     pub fn controlnet_saved(&self) -> Option<Duration> {
-        let skipped = u32::try_from(self.controlnet_skipped).ok()?;
+        let skipped = u32::try_from(self.controlnet_skipped)
+            .ok()
+            .filter(|n| *n > 0)?;
         self.controlnet_call.map(|call| call * skipped)
     }
 
