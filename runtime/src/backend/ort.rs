@@ -46,19 +46,24 @@
 //! Sessions run with graph optimisation level ALL; intra-op threads from
 //! [`OrtOptions::intra_threads`] (ONNX Runtime's default, one per physical core, when unset).
 //!
-//! # Device residency
+//! # Device residency and traffic
 //! With [`Residency::Device`] outputs stay where the provider computed them (GPU memory for CUDA
 //! and TensorRT, host memory for the CPU provider) and come back as [`Value::Device`]; feeding them
-//! to another graph of the same backend binds them without a copy, and [`Graph::to_host`] copies
-//! one back. Every run uses IO binding, so the CPU provider exercises the same path as the GPU.
+//! to another graph of the same backend binds them by reference, without a copy, and
+//! [`Graph::to_host`] copies one back. Host tensors given to [`Backend::to_device`] /
+//! [`Graph::to_device`] are moved into ONNX Runtime without a copy and copied once to the GPU;
+//! host values given to a run are copied once (the caller keeps its tensor) and moved in the same
+//! way, since `ort` cannot bind a borrowed view over host memory safely (see `graph.rs`). Every run uses IO binding, so the CPU provider
+//! exercises the same path as the GPU, and the backend counts the bytes it moves
+//! ([`Backend::traffic`]), treating ONNX Runtime's own memory as "device" on the CPU provider.
 //!
 //! # CUDA graphs
 //! [`OrtOptions::cuda_graph`] (CUDA provider only) captures the whole graph into a CUDA graph and
 //! replays it, removing per-kernel launch overhead. ONNX Runtime replays against the device
 //! addresses it captured, so this mode keeps one set of fixed device buffers per distinct set of
 //! input shapes (one captured graph each, told apart with the `gpu_graph_id` run option): inputs
-//! are copied into those buffers, and outputs are copied out of them (device to device) so that a
-//! later replay cannot overwrite a value the caller still holds. ONNX Runtime refuses the option
+//! are copied into those buffers, and outputs are copied out of them (device to device, counted
+//! as such) so that a later replay cannot overwrite a value the caller still holds. ONNX Runtime refuses the option
 //! when any node of the graph falls back to the CPU provider. This mode has not been run on a GPU.
 
 use std::collections::HashMap;
