@@ -383,10 +383,9 @@ struct CallTimes {
 }
 
 impl CallTimes {
-    /// Records one call; returns whether it was the graph's first at this phase.
-    fn record(&mut self, role: Role, phase: usize, took: Duration, timings: &mut Timings) -> bool {
-        let first = !self.seen.contains(&(role, phase));
-        if first {
+    /// Records one call of `role`'s graph at ID schedule phase `phase`.
+    fn record(&mut self, role: Role, phase: usize, took: Duration, timings: &mut Timings) {
+        if !self.seen.contains(&(role, phase)) {
             self.seen.push((role, phase));
             timings.first_runs += took;
         } else if role == Role::Controlnet {
@@ -396,7 +395,6 @@ impl CallTimes {
             Role::Controlnet => timings.controlnet += took,
             _ => timings.unet += took,
         }
-        first
     }
 
     /// Median steady ControlNet call, if any.
