@@ -47,6 +47,18 @@ pub struct Args {
     /// With --pipeline: denoising steps (default 50).
     #[arg(long)]
     steps: Option<usize>,
+    /// With --pipeline: classifier-free guidance scale (default 5.5); at 1 or below the graphs
+    /// run on the prompt alone (batch 1).
+    #[arg(long, allow_negative_numbers = true)]
+    guidance: Option<f64>,
+    /// With --pipeline: diffusers' control_guidance_start (default 0): the ControlNet is skipped
+    /// on step i of N unless i/N >= this.
+    #[arg(long, allow_negative_numbers = true)]
+    control_guidance_start: Option<f64>,
+    /// With --pipeline: diffusers' control_guidance_end (default 1): the ControlNet is skipped on
+    /// step i of N unless (i+1)/N <= this.
+    #[arg(long, allow_negative_numbers = true)]
+    control_guidance_end: Option<f64>,
     /// Untimed runs before timing (default 3; 1 with --pipeline).
     #[arg(long)]
     warmup: Option<usize>,
@@ -146,6 +158,17 @@ fn check_combinations(args: &Args) -> Result<(), Error> {
         &[
             (args.layout.is_some(), "--layout", "needs --pipeline"),
             (args.steps.is_some(), "--steps", "needs --pipeline"),
+            (args.guidance.is_some(), "--guidance", "needs --pipeline"),
+            (
+                args.control_guidance_start.is_some(),
+                "--control-guidance-start",
+                "needs --pipeline",
+            ),
+            (
+                args.control_guidance_end.is_some(),
+                "--control-guidance-end",
+                "needs --pipeline",
+            ),
         ]
     };
     match conflicts.iter().find(|(given, ..)| *given) {
@@ -447,10 +470,18 @@ fn time_one(
 /// `--pipeline`: every configuration over the same layout, then the ratio of total medians.
 fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
     let (warmup, runs) = (args.warmup.unwrap_or(1), args.runs.unwrap_or(3));
+    let defaults = Params::default();
     let params = Params {
         prompt: "a group photo".into(),
-        steps: args.steps.unwrap_or(Params::default().steps),
-        ..Params::default()
+        steps: args.steps.unwrap_or(defaults.steps),
+        guidance: args.guidance.unwrap_or(defaults.guidance),
+        control_guidance_start: args
+            .control_guidance_start
+            .unwrap_or(defaults.control_guidance_start),
+        control_guidance_end: args
+            .control_guidance_end
+            .unwrap_or(defaults.control_guidance_end),
+        ..defaults
     };
     params.check()?;
     let (layout, faces, layout_name) = match &args.layout {
@@ -470,7 +501,7 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
                     ],
                 )?;
             }
-            let faces = vec![synth_face(); layout.people.len()];
+            let faces = vec![synth_face()?; layout.people.len()];
             (layout, Some(faces), "synth".to_string())
         }
     };
@@ -487,27 +518,7 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
         )?;
         config.args.check_resolved(config.backend.as_ref())?;
         if args.json {
-            let stages: serde_json::Map<String, serde_json::Value> = stats
-                .stages
-                .iter()
-                .map(|(name, s)| (name.to_string(), timing_json(s)))
-                .collect();
-            let line = json!({
-                "config": config.shown(),
-                "backend": config.backend.name(),
-                "models": config.set.dir.display().to_string(),
-                "layout": layout_name,
-                "size": {"height": layout.height, "width": layout.width},
-                "people": layout.people.len(),
-                "steps": params.steps,
-                "runs": runs,
-                "warmup": warmup,
-                "stages": stages,
-                "total": timing_json(&stats.total),
-                "rust_owned_share": stats.rust_owned_share(),
-                "first_runs": timing_json(&stats.first_runs),
-                "load_graphs_ms": stats.load_graphs_ms,
-            });
+            let line = pipeline_json(config, &stats, &layout, &layout_name, &params, runs, warmup);
             outln!("{line}")?;
         }
         results.push(stats);
@@ -534,8 +545,75 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One `--pipeline --json` object: configuration, stages, ControlNet window and traffic.
+fn pipeline_json(
+    config: &Config,
+    stats: &PipelineStats,
+    layout: &Layout,
+    layout_name: &str,
+    params: &Params,
+    runs: usize,
+    warmup: usize,
+) -> serde_json::Value {
+    let stages: serde_json::Map<String, serde_json::Value> = stats
+        .stages
+        .iter()
+        .map(|(name, s)| (name.to_string(), timing_json(s)))
+        .collect();
+    let traffic = stats
+        .traffic
+        .as_ref()
+        .map(|t| json!({"constants": t.constants, "per_step": t.steps, "total": t.total}));
+    json!({
+        "config": config.shown(),
+        "backend": config.backend.name(),
+        "models": config.set.dir.display().to_string(),
+        "layout": layout_name,
+        "size": {"height": layout.height, "width": layout.width},
+        "people": layout.people.len(),
+        "steps": params.steps,
+        "guidance": params.guidance,
+        "batch": if params.do_classifier_free_guidance() { 2 } else { 1 },
+        "control_guidance_start": params.control_guidance_start,
+        "control_guidance_end": params.control_guidance_end,
+        "runs": runs,
+        "warmup": warmup,
+        "stages": stages,
+        "total": timing_json(&stats.total),
+        "rust_owned_share": stats.rust_owned_share(),
+        "first_runs": timing_json(&stats.first_runs),
+        "load_graphs_ms": stats.load_graphs_ms,
+        "controlnet": {
+            "calls": stats.controlnet_calls,
+            "skipped": stats.controlnet_skipped,
+            "saved": stats.controlnet_saved.as_ref().map(timing_json),
+        },
+        "traffic": traffic,
+    })
+}
+
 fn timing_json(stats: &Stats) -> serde_json::Value {
     json!({"median_ms": stats.median_ms, "p90_ms": stats.p90_ms})
+}
+
+/// Per configuration: the steps the control guidance window skipped and the bytes moved.
+fn print_window_and_traffic(configs: &[Config], results: &[PipelineStats]) -> anyhow::Result<()> {
+    for (config, stats) in configs.iter().zip(results) {
+        if stats.controlnet_skipped > 0 {
+            outln!(
+                "{}: controlnet skipped on {} of {} steps (control guidance window)",
+                config.shown(),
+                stats.controlnet_skipped,
+                stats.controlnet_skipped + stats.controlnet_calls
+            )?;
+        }
+        if let Some(traffic) = &stats.traffic {
+            for line in traffic.summary().lines() {
+                outln!("{}: {line}", config.shown())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One row per stage, a median and p90 column pair per configuration.
@@ -548,11 +626,20 @@ fn print_pipeline_table(
     runs: usize,
 ) -> anyhow::Result<()> {
     outln!(
-        "pipeline: {}x{} (width x height), {} people, {} steps, layout {layout_name}, {runs} runs",
+        "pipeline: {}x{} (width x height), {} people, {} steps, guidance {} (batch {}), \
+         control guidance [{}, {}], layout {layout_name}, {runs} runs",
         layout.width,
         layout.height,
         layout.people.len(),
-        params.steps
+        params.steps,
+        params.guidance,
+        if params.do_classifier_free_guidance() {
+            2
+        } else {
+            1
+        },
+        params.control_guidance_start,
+        params.control_guidance_end,
     )?;
     let mut header = format!("{:<28}", "stage");
     for config in configs {
@@ -581,6 +668,14 @@ fn print_pipeline_table(
     row("load graphs (once)", &|s| {
         (s.load_graphs_ms, s.load_graphs_ms)
     })?;
+    if results.iter().any(|s| s.controlnet_skipped > 0) {
+        row("  controlnet saved (window)", &|s| {
+            s.controlnet_saved
+                .as_ref()
+                .map_or((0.0, 0.0), |t| (t.median_ms, t.p90_ms))
+        })?;
+    }
+    print_window_and_traffic(configs, results)?;
     let shares: Vec<String> = configs
         .iter()
         .zip(results)

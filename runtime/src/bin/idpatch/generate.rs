@@ -32,7 +32,8 @@ pub struct Args {
     /// Denoising steps (1 to 1000).
     #[arg(long, default_value_t = 50)]
     steps: usize,
-    /// Classifier-free guidance scale (>= 0; 1 means the prompt alone).
+    /// Classifier-free guidance scale (>= 0). Above 1 the graphs run on [negative, prompt];
+    /// at 1 or below on the prompt alone (batch 1, half the work; no --negative-prompt then).
     #[arg(long, default_value_t = 5.5, allow_negative_numbers = true)]
     guidance: f64,
     /// ControlNet conditioning scale.
@@ -41,6 +42,14 @@ pub struct Args {
     /// Share of the steps (the last ones) that see the ID tokens, in [0, 1].
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     id_injection_ratio: f64,
+    /// Fraction of the schedule before which the ControlNet is skipped (diffusers'
+    /// control_guidance_start): step i of N runs it only when i/N >= this, in [0, 1).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    control_guidance_start: f64,
+    /// Fraction of the schedule after which the ControlNet is skipped (diffusers'
+    /// control_guidance_end): step i of N runs it only when (i+1)/N <= this, in (start, 1].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    control_guidance_end: f64,
     /// euler, euler-a, ddim or dpmpp-2m (default: the set's scheduler config, Euler for SDXL).
     #[arg(long)]
     scheduler: Option<String>,
@@ -107,6 +116,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         scheduler,
         seed: args.seed,
         bf16_positions: args.bf16_positions,
+        control_guidance_start: args.control_guidance_start,
+        control_guidance_end: args.control_guidance_end,
     };
     params.check()?;
     args.backend.check()?;
@@ -151,38 +162,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut generated = pipeline::generate(&mut models, &job, &mut progress)?;
     generated.timings.load_graphs = load_graphs;
 
-    let p = &job.params;
-    let (steps, seed) = (p.steps.to_string(), p.seed.to_string());
-    let (guidance, scale, ratio) = (
-        p.guidance.to_string(),
-        p.controlnet_scale.to_string(),
-        p.id_injection_ratio.to_string(),
-    );
-    let software = format!("idpatch {}", env!("CARGO_PKG_VERSION"));
     // What ran: `--ep auto` is recorded as the provider it settled on.
-    let backend_label = backend.name();
-    let init_noise_name = args.init_noise.as_ref().map(|p| p.display().to_string());
-    let mut text: Vec<(&str, &str)> = vec![
-        ("prompt", &p.prompt),
-        ("negative_prompt", &p.negative_prompt),
-        ("seed", &seed),
-        ("steps", &steps),
-        ("guidance", &guidance),
-        ("controlnet_scale", &scale),
-        ("id_injection_ratio", &ratio),
-        ("scheduler", scheduler_name),
-        ("model_set", &set_name),
-        ("model_set_digest", &digest),
-        ("model_set_checksums", checksums),
-        ("backend", &backend_label),
-        ("software", &software),
-    ];
-    if let Some(name) = &init_noise_name {
-        text.push(("init_noise", name));
-    }
-    if p.bf16_positions {
-        text.push(("bf16_positions", "true"));
-    }
+    let run = RunRecord {
+        scheduler: scheduler_name,
+        set_name: &set_name,
+        digest: &digest,
+        checksums,
+        backend: backend.name(),
+    };
+    let chunks = png_text(&args, &job.params, &run);
+    let text: Vec<(&str, &str)> = chunks.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // Every output is encoded first, then all are written together: none or all appear.
     let image_png = image_io::encode_png(&generated.image, &text)?;
     let mut files: Vec<(&Path, Vec<u8>)> = vec![(&args.out, image_png)];
@@ -196,5 +185,50 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let files: Vec<(&Path, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
     fsutil::write_all_atomic(&files)?;
     note!("{}", generated.timings.summary(started.elapsed()));
+    if let Some(traffic) = &generated.traffic {
+        note!("{}", traffic.summary());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the PNG records about the run beside the parameters.
+struct RunRecord<'a> {
+    scheduler: &'a str,
+    set_name: &'a str,
+    digest: &'a str,
+    /// `verified` or `skipped`.
+    checksums: &'a str,
+    /// The backend that ran, as [`idpatch::backend::Backend::name`] gives it.
+    backend: String,
+}
+
+/// The PNG text chunks: every generation parameter, the model set and the software.
+fn png_text(args: &Args, p: &Params, run: &RunRecord) -> Vec<(&'static str, String)> {
+    let mut text = vec![
+        ("prompt", p.prompt.clone()),
+        ("negative_prompt", p.negative_prompt.clone()),
+        ("seed", p.seed.to_string()),
+        ("steps", p.steps.to_string()),
+        ("guidance", p.guidance.to_string()),
+        ("controlnet_scale", p.controlnet_scale.to_string()),
+        ("id_injection_ratio", p.id_injection_ratio.to_string()),
+        (
+            "control_guidance_start",
+            p.control_guidance_start.to_string(),
+        ),
+        ("control_guidance_end", p.control_guidance_end.to_string()),
+        ("scheduler", run.scheduler.to_string()),
+        ("model_set", run.set_name.to_string()),
+        ("model_set_digest", run.digest.to_string()),
+        ("model_set_checksums", run.checksums.to_string()),
+        ("backend", run.backend.clone()),
+        ("software", format!("idpatch {}", env!("CARGO_PKG_VERSION"))),
+    ];
+    if let Some(path) = &args.init_noise {
+        text.push(("init_noise", path.display().to_string()));
+    }
+    if p.bf16_positions {
+        text.push(("bf16_positions", "true".to_string()));
+    }
+    text
 }
