@@ -34,8 +34,7 @@ from fusable_attention import FusableAttnProcessor  # noqa: E402
 from idpatch_models import ArcFaceIrSe, Resampler, resampler_state_from_diffusers  # noqa: E402
 from weights import detach_weights, sha256_of, weight_bytes  # noqa: E402
 from onnx_passes import (  # noqa: E402
-    EXTERNAL_DATA_THRESHOLD, convert_fp16, fuse_for_cuda, fused_op_counts, needs_external_data,
-    optimize_for_cuda, save_model, to_fp16,
+    EXTERNAL_DATA_THRESHOLD, convert_fp16, fuse_for_cuda, fused_op_counts, optimize_for_cuda, save_model, to_fp16,
 )
 from specs import controlnet_mismatches, dynamic_axes_of, residual_layout, resolve_specs, strided_axis  # noqa: E402, F401
 
