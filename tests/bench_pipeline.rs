@@ -33,6 +33,9 @@ fn timings(run: &serde_json::Value) -> Timings {
         scheduler: get("scheduler"),
         vae_decode: get("vae_decode"),
         to_rgb: get("to_rgb"),
+        controlnet_call: Some(get("controlnet_call")),
+        controlnet_calls: run["controlnet_calls"].as_u64().unwrap() as usize,
+        controlnet_skipped: run["controlnet_skipped"].as_u64().unwrap() as usize,
     }
 }
 
@@ -85,10 +88,12 @@ fn stage_total_and_share_statistics_match_numpy() {
             assert_close(s.p90_ms, &want["p90_ms"], &format!("{name} p90, {n} runs"));
             assert_eq!(s.runs, n);
         }
+        let saved = stats.controlnet_saved.as_ref().unwrap();
         for (what, s) in [
             ("total", &stats.total),
             ("rust_owned", &stats.rust_owned),
             ("first_runs", &stats.first_runs),
+            ("controlnet_saved", saved),
         ] {
             assert_close(
                 s.median_ms,
@@ -107,6 +112,13 @@ fn stage_total_and_share_statistics_match_numpy() {
             &format!("Rust-owned share, {n} runs"),
         );
         assert_eq!(stats.load_graphs_ms, 250.0);
+        assert_eq!(
+            (stats.controlnet_calls, stats.controlnet_skipped),
+            (
+                case["controlnet_calls"].as_u64().unwrap() as usize,
+                case["controlnet_skipped"].as_u64().unwrap() as usize
+            )
+        );
     }
     assert!(PipelineStats::from_runs(&[], Duration::ZERO).is_none());
 }

@@ -265,7 +265,8 @@ fn unavailable_gpu_provider_is_an_error_not_a_cpu_fallback() {
     // provider fails to start instead. Either way: exit 2, nothing run.
     for ep in ["cuda", "tensorrt"] {
         let cache = tempfile::tempdir().unwrap();
-        let (code, stdout, stderr) = common::run(&[
+        let tiny = tiny_dir();
+        let mut args = vec![
             "validate",
             "--backend",
             "ort",
@@ -273,13 +274,16 @@ fn unavailable_gpu_provider_is_an_error_not_a_cpu_fallback() {
             ep,
             "--ort-lib",
             lib.to_str().unwrap(),
-            "--trt-cache",
-            cache.path().to_str().unwrap(),
             "--models",
-            tiny_dir().to_str().unwrap(),
+            tiny.to_str().unwrap(),
             "--graphs",
             "patch_proj",
-        ]);
+        ];
+        // --trt-cache is a TensorRT setting: with --ep cuda it would itself be the error.
+        if ep == "tensorrt" {
+            args.extend(["--trt-cache", cache.path().to_str().unwrap()]);
+        }
+        let (code, stdout, stderr) = common::run(&args);
         assert_eq!(code, 2, "{ep}: {stderr}");
         assert!(stderr.contains(&format!("the {ep} provider")), "{stderr}");
         // ONNX Runtime's own message can end in a newline (the GPU build's does): still one line.

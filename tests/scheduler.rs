@@ -429,3 +429,27 @@ fn cli_bad_steps_exits_with_2() {
     let output = common::output(&["schedule", "--scheduler", "lms", "--steps", "10"]);
     assert_eq!(output.status.code(), Some(2));
 }
+
+#[test]
+fn cli_config_values_are_bounded_and_name_the_file() {
+    let path = std::env::temp_dir().join(format!("idpatch-huge-{}.json", std::process::id()));
+    std::fs::write(&path, r#"{"num_train_timesteps": 1000000000000000}"#).unwrap();
+    let output = common::output(&[
+        "schedule",
+        "--steps",
+        "10",
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let name = path.file_name().unwrap().to_str().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "{name} num_train_timesteps: 1000000000000000 is not 2 to 100000"
+        )),
+        "{stderr}"
+    );
+}

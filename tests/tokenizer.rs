@@ -298,14 +298,22 @@ fn cli_json_matches_reference() {
 // section (pad ids deliberately listed there, not defaulted).
 #[test]
 fn cli_reads_tokenizers_from_manifest() {
+    // Manifest paths are relative to the set and carry sha256 entries: copy the files in.
     let models = scratch("manifest-set");
-    std::fs::create_dir_all(&models).unwrap();
+    std::fs::create_dir_all(models.join("clip")).unwrap();
+    std::fs::copy(vocab_path(), models.join("clip/vocab.json")).unwrap();
+    std::fs::copy(merges_path(), models.join("clip/merges.txt")).unwrap();
+    let sha = |p: PathBuf| idpatch::manifest::sha256_file(&p).unwrap();
+    let entry = |vocab: &str, pad: i64| {
+        serde_json::json!({
+            "vocab": vocab, "vocab_sha256": sha(vocab_path()),
+            "merges": "clip/merges.txt", "merges_sha256": sha(merges_path()),
+            "pad_token_id": pad,
+        })
+    };
     let manifest = serde_json::json!({
-        "format": 1,
-        "tokenizers": {
-            "tokenizer": { "vocab": vocab_path(), "merges": merges_path(), "pad_token_id": 49407 },
-            "tokenizer_2": { "vocab": vocab_path(), "merges": merges_path(), "pad_token_id": 0 },
-        }
+        "format": 2,
+        "tokenizers": { "tokenizer": entry("clip/vocab.json", 49407), "tokenizer_2": entry("clip/vocab.json", 0) }
     });
     std::fs::write(models.join("manifest.json"), manifest.to_string()).unwrap();
     check_cli(&models);
@@ -314,10 +322,7 @@ fn cli_reads_tokenizers_from_manifest() {
     let broken = scratch("broken-set");
     std::fs::create_dir_all(&broken).unwrap();
     let manifest = serde_json::json!({
-        "tokenizers": {
-            "tokenizer": { "vocab": "nope/vocab.json", "merges": merges_path(), "pad_token_id": 49407 },
-            "tokenizer_2": { "vocab": vocab_path(), "merges": merges_path(), "pad_token_id": 0 },
-        }
+        "tokenizers": { "tokenizer": entry("nope/vocab.json", 49407), "tokenizer_2": entry("clip/vocab.json", 0) }
     });
     std::fs::write(broken.join("manifest.json"), manifest.to_string()).unwrap();
     let output = common::command()

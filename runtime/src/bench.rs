@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, Graph, Value};
+use crate::denoise::GenerationTraffic;
 use crate::face::ARCFACE_SIZE;
 use crate::image_io::Rgb8;
 use crate::layout::{Layout, Person, Placement, MAX_PEOPLE};
@@ -75,7 +76,7 @@ pub fn time_graph(
         samples.push(start.elapsed().as_secs_f64() * 1e3);
         drop(outputs);
     }
-    Ok(summarize(&samples).expect("runs > 0"))
+    summarize(&samples).ok_or_else(|| Error::invalid_input("--runs", "must be at least 1"))
 }
 
 /// The sizes inputs are made up at.
@@ -263,6 +264,15 @@ pub struct PipelineStats {
     pub rust_owned: Stats,
     /// Loading every graph, once before the runs.
     pub load_graphs_ms: f64,
+    /// ControlNet calls per run and steps its control guidance window skipped.
+    pub controlnet_calls: usize,
+    pub controlnet_skipped: usize,
+    /// Per run, the ControlNet time the window saved (skipped steps times the median call), when
+    /// steps were skipped and a call after the first run per sequence length was timed.
+    pub controlnet_saved: Option<Stats>,
+    /// Bytes the backend moved in the last timed run (the same in every run); `None` for a
+    /// backend without device memory.
+    pub traffic: Option<GenerationTraffic>,
 }
 
 impl PipelineStats {
@@ -280,12 +290,21 @@ impl PipelineStats {
             .map(|(name, get)| Some((*name, of(&|t| ms(get(t)))?)))
             .collect::<Option<Vec<_>>>()?;
         let total = |t: &Timings| PIPELINE_STAGES.iter().map(|(_, get)| ms(get(t))).sum();
+        let saved: Vec<f64> = runs
+            .iter()
+            .filter_map(|t| t.controlnet_saved().map(ms))
+            .collect();
+        let last = runs.last()?;
         Some(PipelineStats {
             stages,
             first_runs: of(&|t| ms(t.first_runs))?,
             total: of(&total)?,
             rust_owned: of(&|t| ms(t.rust_owned()))?,
             load_graphs_ms: ms(load_graphs),
+            controlnet_calls: last.controlnet_calls,
+            controlnet_skipped: last.controlnet_skipped,
+            controlnet_saved: summarize(&saved),
+            traffic: None,
         })
     }
 }
@@ -326,7 +345,7 @@ pub fn synth_layout(width: usize, height: usize, people: usize) -> Result<Layout
 
 /// A made-up aligned 112x112 face crop: a light oval on a grey background, so that timing
 /// needs no face photo.
-pub fn synth_face() -> Rgb8 {
+pub fn synth_face() -> Result<Rgb8> {
     let n = ARCFACE_SIZE;
     let mut data = Vec::with_capacity(n * n * 3);
     let c = n as f32 / 2.0;
@@ -341,7 +360,7 @@ pub fn synth_face() -> Rgb8 {
             data.extend_from_slice(&pixel);
         }
     }
-    Rgb8::new(n, n, data).expect("the buffer is n x n x 3")
+    Rgb8::new(n, n, data)
 }
 
 /// Loads the graphs of `set` once, then runs `prepare` + `generate` `warmup` times untimed and
@@ -375,14 +394,19 @@ pub fn time_pipeline(
     let mut models = Models::load(backend, set)?;
     let load_graphs = started.elapsed();
     let mut timings = Vec::with_capacity(runs);
+    let mut traffic = None;
     for run in 0..warmup + runs {
         let job = prepare(&models.set)?;
         let generated = pipeline::generate(&mut models, &job, &mut |_, _| {})?;
         if run >= warmup {
             timings.push(generated.timings);
+            traffic = generated.traffic;
         }
     }
-    Ok(PipelineStats::from_runs(&timings, load_graphs).expect("runs > 0"))
+    let mut stats = PipelineStats::from_runs(&timings, load_graphs)
+        .ok_or_else(|| Error::invalid_input("--runs", "must be at least 1"))?;
+    stats.traffic = traffic;
+    Ok(stats)
 }
 
 #[cfg(test)]

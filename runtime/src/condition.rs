@@ -560,7 +560,13 @@ pub fn condition_tensor(
     )
 }
 
-/// Checks that `patches` is finite f32 (people, 3, 64, 64); `name` is how errors call it.
+/// Largest magnitude accepted in user-given ID patches. patch_proj ends in a LayerNorm, so real
+/// patches hold values of a few units; the bound also keeps the sum of overlapping patches far
+/// from f32 overflow.
+pub const MAX_PATCH_VALUE: f32 = 1e4;
+
+/// Checks that `patches` is f32 (people, 3, 64, 64) with finite values of magnitude at most
+/// [`MAX_PATCH_VALUE`]; `name` is how errors call it.
 pub fn check_patches(patches: &Tensor, people: usize, name: &str) -> Result<()> {
     let expected = [people, 3, PATCH, PATCH];
     if patches.shape() != expected || patches.as_f32().is_none() {
@@ -573,10 +579,17 @@ pub fn check_patches(patches: &Tensor, people: usize, name: &str) -> Result<()> 
             ),
         ));
     }
-    if let Some(i) = patches.first_non_finite() {
+    let values = patches.as_f32().expect("dtype checked");
+    if let Some(i) = values
+        .iter()
+        .position(|v| !v.is_finite() || v.abs() > MAX_PATCH_VALUE)
+    {
         return Err(Error::invalid_input(
             name,
-            format!("non-finite value at flat index {i}"),
+            format!(
+                "value {} at flat index {i} is not finite or exceeds {MAX_PATCH_VALUE} in magnitude",
+                crate::error::shown(values[i])
+            ),
         ));
     }
     Ok(())

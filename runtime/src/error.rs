@@ -65,3 +65,18 @@ impl Error {
         }
     }
 }
+
+/// A number for an error message, as a user would write it: plain, or with an exponent when
+/// very large or very small (`1e39` rather than forty digits).
+/// f32 values print in their own precision (`3e38`, not `3.0000000054977558e38`).
+pub(crate) fn shown<T>(v: T) -> String
+where
+    T: Copy + Into<f64> + std::fmt::Display + std::fmt::LowerExp,
+{
+    let x: f64 = v.into();
+    if x.is_finite() && x != 0.0 && !(1e-5..1e16).contains(&x.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}

@@ -1,11 +1,47 @@
 //! Image files: PNG/JPEG in, PNG out (with text metadata such as generation parameters).
+//!
+//! Every image a user gives (face photos, and any future server input) is read by
+//! [`load_rgb8`] / [`decode_rgb8`], and PNG text by [`read_png_text`], through one checked path:
+//! - the file is at most [`MAX_IMAGE_FILE_BYTES`] long, and the width and height in its header
+//!   are checked against [`MAX_IMAGE_SIDE`] and [`MAX_IMAGE_PIXELS`] before any pixel buffer is
+//!   allocated; behind that check the PNG decoder's allocation limit is set, and libjpeg refuses
+//!   sides over 65500 itself;
+//! - decoding is strict: a truncated file, damaged entropy-coded or compressed data, or a bad
+//!   checksum (PNG chunk CRCs, ancillary chunks included, and the zlib Adler-32) is an error,
+//!   never an image with the missing part filled in;
+//! - samples become 8-bit RGB as OpenCV's `cv2.imread(path, cv2.IMREAD_COLOR)` (then BGR to RGB)
+//!   makes them, the reference of the face path: 16-bit samples keep their high byte (libpng's
+//!   `png_set_strip_16`), grey is replicated, palettes are expanded, alpha is dropped (not
+//!   blended), CMYK JPEGs are converted as OpenCV converts them, and the EXIF orientation (JPEG
+//!   APP1, PNG eXIf) is applied. JPEGs are decoded by libjpeg, as in OpenCV. The result is
+//!   identical to OpenCV's for every PNG colour type and bit depth and for grey, YCbCr
+//!   (baseline, progressive, restart markers) and CMYK JPEGs (`tests/image_io.rs`).
 
-use std::io::Cursor;
 use std::path::Path;
 
-use image::ImageDecoder;
+use image::metadata::Orientation;
 
 use crate::{fsutil, Error, Result};
+
+mod read_jpeg;
+mod read_png;
+
+/// Most pixels (width x height) an input image may have: 64 Mi (67,108,864), e.g. 8192 x 8192.
+/// OpenCV reads up to 2^30 (`CV_IO_MAX_IMAGE_PIXELS`) and Pillow warns above 89.5 M
+/// (`MAX_IMAGE_PIXELS`); a face photo needs far fewer: the face is resampled to 112 x 112, and
+/// 64 Mi still takes the full resolution of 48-50 MP phone sensors and 61 MP full-frame cameras.
+/// At the limit the decoded RGB image is 192 MiB.
+pub const MAX_IMAGE_PIXELS: u64 = 1 << 26;
+/// Longest side an input image may have, in pixels (a 16384 x 4096 panorama is at the pixel
+/// limit).
+pub const MAX_IMAGE_SIDE: u32 = 16_384;
+/// Largest image file read, in bytes (256 MiB): an 8-bit RGB PNG at the pixel limit stored
+/// without compression is 192 MiB; camera JPEGs are a tenth of that.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+/// Most bytes a decoder may allocate for one image: 16-bit RGBA at the pixel limit.
+const MAX_DECODE_BYTES: usize = (MAX_IMAGE_PIXELS as usize) * 8;
+/// Longest PNG text value inflated from a compressed chunk (zTXt, iTXt), in bytes.
+const MAX_TEXT_BYTES: usize = 1 << 20;
 
 /// An 8-bit RGB image, row-major, 3 bytes per pixel, no padding between rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,47 +112,64 @@ impl Rgb8 {
     }
 }
 
-/// Reads a PNG or JPEG file as RGB8. Grey images are expanded to RGB, alpha is dropped (not
-/// blended), 16-bit samples are reduced to 8 bits, and a JPEG's EXIF orientation is applied so
-/// phone photos come out upright.
+/// Reads a PNG or JPEG file as RGB8 (see the module documentation for the limits and the
+/// conversion).
+///
+/// Errors: [`Error::Io`] when the file cannot be read; [`Error::InvalidInput`] naming the path
+/// when it is too large, not a PNG or JPEG, damaged, or over the size limits.
 pub fn load_rgb8(path: &Path) -> Result<Rgb8> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = fsutil::read_limited(path, MAX_IMAGE_FILE_BYTES, "image")?;
     decode_rgb8(&bytes).map_err(|reason| Error::invalid_input(path.display().to_string(), reason))
 }
 
 /// Decodes PNG or JPEG bytes as RGB8 (see [`load_rgb8`]); the error says what is wrong.
 pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<Rgb8, String> {
-    let reader = image::ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read image: {e}"))?;
-    match reader.format() {
-        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
-        Some(other) => {
-            return Err(format!(
-                "unsupported image format {other:?} (only PNG and JPEG are read)"
-            ))
-        }
-        None => return Err("not an image file (expected PNG or JPEG)".into()),
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return read_png::decode(bytes);
     }
-    let mut decoder = reader
-        .into_decoder()
-        .map_err(|e| format!("cannot decode image: {e}"))?;
-    let orientation = decoder
-        .orientation()
-        .map_err(|e| format!("cannot decode image: {e}"))?;
-    let mut img = image::DynamicImage::from_decoder(decoder)
-        .map_err(|e| format!("cannot decode image: {e}"))?;
-    img.apply_orientation(orientation);
-    let rgb = img.into_rgb8();
-    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    if w == 0 || h == 0 {
-        return Err("image is empty (0 pixels)".into());
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return read_jpeg::decode(bytes);
     }
-    Ok(Rgb8 {
-        width: w,
-        height: h,
-        data: rgb.into_raw(),
+    Err(match image::guess_format(bytes) {
+        Ok(format) => format!("unsupported image format {format:?} (only PNG and JPEG are read)"),
+        Err(_) => "not an image file (expected PNG or JPEG)".into(),
     })
+}
+
+/// Refuses an image whose header declares more than [`MAX_IMAGE_SIDE`] per side or
+/// [`MAX_IMAGE_PIXELS`] in all, or no pixels; called before any pixel buffer is allocated.
+pub fn check_dimensions(width: u32, height: u32) -> std::result::Result<(), String> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels == 0 {
+        return Err(format!("image is {width}x{height}: it has no pixels"));
+    }
+    if width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE || pixels > MAX_IMAGE_PIXELS {
+        return Err(format!(
+            "image is {width}x{height} ({pixels} pixels); at most {MAX_IMAGE_SIDE} pixels per side \
+             and {MAX_IMAGE_PIXELS} in all are read: scale it down first"
+        ));
+    }
+    Ok(())
+}
+
+/// `img` turned upright by the EXIF orientation in `exif` (a TIFF structure, as JPEG's APP1 and
+/// PNG's eXIf hold it). EXIF that cannot be parsed leaves the image as it is, as OpenCV does:
+/// it is metadata, not pixel data.
+fn oriented(img: Rgb8, exif: Option<&[u8]>) -> Rgb8 {
+    let orientation = exif.and_then(Orientation::from_exif_chunk);
+    let Some(orientation) = orientation.filter(|o| *o != Orientation::NoTransforms) else {
+        return img;
+    };
+    let (w, h) = (img.width as u32, img.height as u32);
+    let buffer = image::RgbImage::from_raw(w, h, img.data).expect("Rgb8 holds w * h * 3 bytes");
+    let mut dynamic = image::DynamicImage::ImageRgb8(buffer);
+    dynamic.apply_orientation(orientation);
+    let rgb = dynamic.into_rgb8();
+    Rgb8 {
+        width: rgb.width() as usize,
+        height: rgb.height() as usize,
+        data: rgb.into_raw(),
+    }
 }
 
 /// Encodes `img` as an 8-bit RGB PNG carrying `text` as metadata: one chunk per (key, value),
@@ -159,39 +212,11 @@ pub fn save_png(path: &Path, img: &Rgb8, text: &[(&str, &str)]) -> Result<()> {
 }
 
 /// The text metadata (tEXt, zTXt and iTXt chunks) of a PNG file, in file order per chunk kind.
+/// The file goes through the same checks as [`load_rgb8`] (size, dimensions, checksums); a
+/// compressed text value may inflate to at most 1 MiB.
 pub fn read_png_text(path: &Path) -> Result<Vec<(String, String)>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |e: String| Error::invalid_input(path.display().to_string(), e);
-    let decoder = png::Decoder::new(Cursor::new(&bytes[..]));
-    let mut reader = decoder
-        .read_info()
-        .map_err(|e| bad(format!("not a readable PNG: {e}")))?;
-    // Text chunks may also follow the image data: read it all before looking.
-    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
-    reader
-        .next_frame(&mut buf)
-        .map_err(|e| bad(format!("corrupt PNG: {e}")))?;
-    reader
-        .finish()
-        .map_err(|e| bad(format!("corrupt PNG: {e}")))?;
-    let info = reader.info();
-    let mut text = Vec::new();
-    for chunk in &info.uncompressed_latin1_text {
-        text.push((chunk.keyword.clone(), chunk.text.clone()));
-    }
-    for chunk in &info.compressed_latin1_text {
-        let value = chunk
-            .get_text()
-            .map_err(|e| bad(format!("corrupt zTXt chunk: {e}")))?;
-        text.push((chunk.keyword.clone(), value));
-    }
-    for chunk in &info.utf8_text {
-        let value = chunk
-            .get_text()
-            .map_err(|e| bad(format!("corrupt iTXt chunk: {e}")))?;
-        text.push((chunk.keyword.clone(), value));
-    }
-    Ok(text)
+    let bytes = fsutil::read_limited(path, MAX_IMAGE_FILE_BYTES, "image")?;
+    read_png::text(&bytes).map_err(|e| Error::invalid_input(path.display().to_string(), e))
 }
 
 fn png_size(img: &Rgb8) -> Result<(u32, u32)> {
@@ -278,6 +303,6 @@ mod tests {
         let mut truncated = encode_png(&gradient(8, 8), &[]).unwrap();
         truncated.truncate(60);
         let err = decode_rgb8(&truncated).unwrap_err();
-        assert!(err.contains("cannot decode"), "{err}");
+        assert!(err.starts_with("damaged PNG"), "{err}");
     }
 }

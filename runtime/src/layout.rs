@@ -17,7 +17,14 @@
 //! is not an aligned 112x112 crop has its face detected ([`crate::detect::people`]): the largest,
 //! or the one `face_index` names (0 = largest, as `idpatch faces` lists them).
 //!
-//! Coordinates are kept in single precision, as the reference's pose estimator produces them.
+//! Coordinates are kept in single precision, as the reference's pose estimator produces them,
+//! and are checked in that precision: `position` and `keypoints` lie within two image widths
+//! (heights) of the image, i.e. x in [-2 * width, 3 * width] and y in [-2 * height, 3 * height]
+//! (points outside the image are allowed, as a pose cut by the frame has them and its limbs may
+//! still cross the image; one further out is a mistake such as the wrong units); a keypoint score is a finite number of magnitude at most
+//! 1000 (confidences in [0, 1], COCO's 0/1/2 visibility flags and -1 for missing all fit);
+//! `face_keypoints` are checked against the face photo once it is read
+//! ([`crate::pipeline::face_batch`]), here only to be at most [`MAX_FACE_COORDINATE`].
 
 use std::path::{Path, PathBuf};
 
@@ -29,8 +36,12 @@ use crate::{Error, Result};
 pub const MAX_PEOPLE: usize = 8;
 /// Largest width or height accepted, in pixels.
 pub const MAX_SIDE: u32 = 8192;
-/// Largest magnitude of any coordinate; keeps the integer rasteriser far from overflow.
-pub const MAX_COORDINATE: f64 = 100_000.0;
+/// Largest magnitude of a `face_keypoints` coordinate: twice the longest side of a face photo.
+pub const MAX_FACE_COORDINATE: f32 = 2.0 * crate::image_io::MAX_IMAGE_SIDE as f32;
+/// Largest magnitude of a keypoint score.
+pub const MAX_SCORE: f32 = 1000.0;
+/// Largest layout file read, in bytes (a layout of 8 posed people is about 5 KB).
+pub const MAX_LAYOUT_BYTES: u64 = 1 << 20;
 /// COCO-17 keypoints per pose.
 pub const COCO_KEYPOINTS: usize = 17;
 /// Face points per face (left eye, right eye, nose, mouth left, mouth right).
@@ -85,7 +96,7 @@ impl Layout {
     /// Reads and validates a layout file. With `require_faces`, every person needs a `face`
     /// naming an existing file.
     pub fn load(path: &Path, require_faces: bool) -> Result<Layout> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsutil::read_text_limited(path, MAX_LAYOUT_BYTES, "layout")?;
         let base = path.parent().unwrap_or(Path::new(""));
         Self::parse(&text, base, require_faces).map_err(|e| match e {
             Error::InvalidInput { input, reason } if input == "layout" => {
@@ -128,13 +139,23 @@ impl Layout {
         let people = people
             .iter()
             .enumerate()
-            .map(|(i, p)| parse_person(p, i, base_dir, require_faces))
+            .map(|(i, p)| parse_person(p, i, base_dir, require_faces, [width, height]))
             .collect::<Result<Vec<_>>>()?;
         Ok(Layout {
             width,
             height,
             people,
         })
+    }
+
+    /// The face photo paths, each named as in errors (`layout people[i].face`), for checking
+    /// that no output overwrites one.
+    pub fn face_inputs(&self) -> Vec<(String, &Path)> {
+        self.people
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| Some((format!("layout people[{i}].face"), p.face.as_deref()?)))
+            .collect()
     }
 
     /// True when no person has a pose (the skeleton image is black).
@@ -184,6 +205,7 @@ fn parse_person(
     index: usize,
     base_dir: &Path,
     require_faces: bool,
+    size: [u32; 2],
 ) -> Result<Person> {
     let name = format!("layout people[{index}]");
     let object = value
@@ -243,23 +265,22 @@ fn parse_person(
             ))
         }
         (Some(k), None) => {
-            let rows = points::<3>(
-                k,
-                &format!("{name}.keypoints"),
-                COCO_KEYPOINTS,
-                "[x, y, score]",
-            )?;
+            let bounds = Bounds::image(size).with_score();
+            let what = format!("{name}.keypoints");
+            let rows = points::<3>(k, &what, COCO_KEYPOINTS, "[x, y, score]", &bounds)?;
             Placement::Keypoints(rows.try_into().expect("length checked"))
         }
         (None, Some(p)) => {
-            Placement::Position(point::<2>(p, &format!("{name}.position"), "[x, y]")?)
+            let what = format!("{name}.position");
+            Placement::Position(point::<2>(p, &what, "[x, y]", &Bounds::image(size))?)
         }
     };
 
     let face_keypoints = match object.get("face_keypoints") {
         None | Some(Value::Null) => None,
         Some(v) => {
-            let rows = points::<2>(v, &format!("{name}.face_keypoints"), FACE_POINTS, "[x, y]")?;
+            let what = format!("{name}.face_keypoints");
+            let rows = points::<2>(v, &what, FACE_POINTS, "[x, y]", &Bounds::face())?;
             Some(rows.try_into().expect("length checked"))
         }
     };
@@ -291,12 +312,50 @@ fn face_index(value: &Value, name: &str) -> Result<usize> {
     }
 }
 
-/// An array of `count` points of `N` finite numbers each.
+/// The closed range each number of a point may take: x, y, and the score when there is one.
+struct Bounds {
+    ranges: [(f32, f32); 3],
+    what: [&'static str; 3],
+}
+
+impl Bounds {
+    /// Output-image coordinates: within two image sizes of the image.
+    fn image([width, height]: [u32; 2]) -> Bounds {
+        let (w, h) = (width as f32, height as f32);
+        Bounds {
+            ranges: [(-2.0 * w, 3.0 * w), (-2.0 * h, 3.0 * h), (0.0, 0.0)],
+            what: [
+                "x must be within two image widths of the image",
+                "y must be within two image heights of the image",
+                "",
+            ],
+        }
+    }
+
+    /// Face photo coordinates, before the photo's size is known.
+    fn face() -> Bounds {
+        let m = MAX_FACE_COORDINATE;
+        let what = "face photo coordinates are at most twice the longest photo side";
+        Bounds {
+            ranges: [(-m, m), (-m, m), (0.0, 0.0)],
+            what: [what, what, ""],
+        }
+    }
+
+    fn with_score(mut self) -> Bounds {
+        self.ranges[2] = (-MAX_SCORE, MAX_SCORE);
+        self.what[2] = "a score is at most 1000 in magnitude";
+        self
+    }
+}
+
+/// An array of `count` points of `N` numbers each, within `bounds`.
 fn points<const N: usize>(
     value: &Value,
     name: &str,
     count: usize,
     form: &str,
+    bounds: &Bounds,
 ) -> Result<Vec<[f32; N]>> {
     let rows = value.as_array().ok_or_else(|| {
         Error::invalid_input(name, format!("expected an array of {count} {form}"))
@@ -309,11 +368,16 @@ fn points<const N: usize>(
     }
     rows.iter()
         .enumerate()
-        .map(|(i, row)| point::<N>(row, &format!("{name}[{i}]"), form))
+        .map(|(i, row)| point::<N>(row, &format!("{name}[{i}]"), form, bounds))
         .collect()
 }
 
-fn point<const N: usize>(value: &Value, name: &str, form: &str) -> Result<[f32; N]> {
+fn point<const N: usize>(
+    value: &Value,
+    name: &str,
+    form: &str,
+    bounds: &Bounds,
+) -> Result<[f32; N]> {
     let items = value
         .as_array()
         .ok_or_else(|| Error::invalid_input(name, format!("expected {form}, got {value}")))?;
@@ -324,18 +388,24 @@ fn point<const N: usize>(value: &Value, name: &str, form: &str) -> Result<[f32; 
         ));
     }
     let mut out = [0f32; N];
-    for (slot, item) in out.iter_mut().zip(items) {
+    for (i, (slot, item)) in out.iter_mut().zip(items).enumerate() {
         let v = item
             .as_f64()
             .ok_or_else(|| Error::invalid_input(name, format!("expected numbers, got {item}")))?;
-        // JSON has no NaN/Inf literals, but huge values overflow f32 or the rasteriser.
-        if !v.is_finite() || v.abs() > MAX_COORDINATE {
+        // Checked as the f32 it is used as: 1e39 is a finite f64 but an infinite f32.
+        let v32 = v as f32;
+        let (lo, hi) = bounds.ranges[i];
+        if !v32.is_finite() || v32 < lo || v32 > hi {
             return Err(Error::invalid_input(
                 name,
-                format!("value {v} is out of range (magnitude at most {MAX_COORDINATE})"),
+                format!(
+                    "value {} is out of range [{lo}, {hi}] ({})",
+                    crate::error::shown(v),
+                    bounds.what[i]
+                ),
             ));
         }
-        *slot = v as f32;
+        *slot = v32;
     }
     Ok(out)
 }
@@ -404,7 +474,25 @@ mod tests {
             ),
             (
                 person_with(r#""position": [1, 1e9]"#),
-                "layout people[1].position: value 1000000000 is out of range",
+                "layout people[1].position: value 1000000000 is out of range [-128, 192] (y must",
+            ),
+            (
+                person_with(r#""position": [-129, 2]"#),
+                "layout people[1].position: value -129 is out of range [-128, 192] (x must",
+            ),
+            (
+                // Finite as f64, infinite as the f32 it is used as.
+                person_with(
+                    r#""position": [1, 2], "face_keypoints": [[1e39, 2], [3, 4], [5, 6], [7, 8], [9, 10]]"#,
+                ),
+                "layout people[1].face_keypoints[0]: value 1e39 is out of range",
+            ),
+            (
+                person_with(&format!(
+                    r#""keypoints": [[1, 2, 1e300], {}]"#,
+                    vec!["[0, 0, 1]"; 16].join(", ")
+                )),
+                "layout people[1].keypoints[0]: value 1e300 is out of range [-1000, 1000] (a score",
             ),
             (
                 person_with(r#""position": [1, 2], "face_keypoints": [[1, 2]]"#),

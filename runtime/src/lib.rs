@@ -5,7 +5,9 @@
 
 pub mod backend;
 pub mod bench;
+pub mod checksum;
 pub mod condition;
+pub mod denoise;
 pub mod detect;
 pub mod error;
 pub mod eval;
@@ -13,12 +15,14 @@ pub mod face;
 pub mod fsutil;
 pub mod image_io;
 pub mod layout;
+pub mod limits;
 pub mod manifest;
 pub mod noise;
 pub mod npy;
 pub mod pipeline;
 pub mod scheduler;
 pub mod splice;
+pub mod stages;
 pub mod tensor;
 pub mod tokenizer;
 pub mod validate;

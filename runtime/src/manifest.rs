@@ -1,19 +1,26 @@
 //! Graph-set manifests (`models/<set>/manifest.json`, format described in models/README.md):
 //! which graph plays which role, its files and checksums, and the IO spec every backend checks
 //! the loaded graph against.
+//!
+//! [`ModelSet::open`] checks a set before anything runs: paths stay inside the set, config and
+//! scheduler values are bounded, and every listed file (graphs, external data, tokenizer files)
+//! matches its sha256, through the [`ChecksumCache`] so that unchanged files are not re-read.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::checksum::sha256_file;
+use crate::checksum::{hex, is_sha256, ChecksumCache};
+use crate::scheduler::SchedulerConfig;
 use crate::tensor::DType;
 use crate::{Error, Result};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
-pub const FORMAT_VERSION: u32 = 1;
+/// Format 2 added the tokenizer files' sha256 (`vocab_sha256`, `merges_sha256`).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The graphs of an ID-Patch set, in pipeline order, then the face detector's three networks
 /// (MTCNN's P-Net, R-Net and O-Net, see [`crate::detect`]).
@@ -155,22 +162,46 @@ pub struct GraphEntry {
     pub fused_ops: Option<BTreeMap<String, u64>>,
 }
 
+/// The files of one CLIP tokenizer, relative to the set directory, with their sha256.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenizerFiles {
     pub vocab: String,
+    pub vocab_sha256: String,
     pub merges: String,
+    pub merges_sha256: String,
     pub pad_token_id: i64,
 }
 
-/// Sizes the Rust side of the pipeline needs to know about a set.
+impl TokenizerFiles {
+    /// `(key, file, sha256)` of the vocabulary and the merges.
+    pub fn files(&self) -> [(&'static str, &str, &str); 2] {
+        [
+            ("vocab", &self.vocab, &self.vocab_sha256),
+            ("merges", &self.merges, &self.merges_sha256),
+        ]
+    }
+}
+
+/// The tokenizers a set must list, in the order the pipeline uses them.
+pub const TOKENIZERS: [&str; 2] = ["tokenizer", "tokenizer_2"];
+
+/// Sizes the Rust side of the pipeline needs to know about a set. [`SetConfig::check`] bounds
+/// every value when a set is opened.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SetConfig {
+    /// Token ids per prompt: the tokenizers' 77.
     pub text_len: usize,
+    /// `prompt_proj` queries per face: the 16 ID tokens spliced per person.
     pub id_tokens_per_face: usize,
+    /// ID patch side in pixels: the condition image's 64.
     pub patch_size: usize,
     pub latent_channels: usize,
+    /// Image pixels per latent pixel.
     pub vae_scale_factor: usize,
+    /// Latents are divided by this before decoding.
     pub vae_scaling_factor: f64,
+    /// `text_dim_1 + text_dim_2`: the two encoders' hidden states side by side.
     pub cross_attention_dim: usize,
     pub text_dim_1: usize,
     pub text_dim_2: usize,
@@ -185,6 +216,86 @@ pub struct SetConfig {
 
 fn default_latent_multiple() -> usize {
     4
+}
+
+/// Largest VAE factor, latent multiple, latent channel count and residual count a set may give.
+pub const MAX_CONFIG_FACTOR: usize = 64;
+/// Largest feature width (text, pooled, ID embedding, cross-attention) a set may give.
+pub const MAX_CONFIG_FEATURES: usize = 65_536;
+
+impl SetConfig {
+    /// Checks every value against what the runtime can work with: the sizes it has built in are
+    /// exact, factors and counts are 1 to [`MAX_CONFIG_FACTOR`], feature widths 1 to
+    /// [`MAX_CONFIG_FEATURES`], and the VAE scaling factor a positive normal float32 (it is a
+    /// divisor). Errors name the field (`config.<field> ...`).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let built_in = [
+            (
+                "text_len",
+                self.text_len,
+                crate::tokenizer::MAX_LENGTH,
+                "token ids per prompt",
+            ),
+            (
+                "id_tokens_per_face",
+                self.id_tokens_per_face,
+                crate::splice::ID_TOKENS_PER_PERSON,
+                "ID tokens per face",
+            ),
+            (
+                "patch_size",
+                self.patch_size,
+                crate::condition::PATCH,
+                "pixel ID patches",
+            ),
+        ];
+        for (field, value, want, what) in built_in {
+            if value != want {
+                return Err(format!(
+                    "config.{field} is {value}; this runtime works with {want} {what}"
+                ));
+            }
+        }
+        let bounded = [
+            ("latent_channels", self.latent_channels, MAX_CONFIG_FACTOR),
+            ("vae_scale_factor", self.vae_scale_factor, MAX_CONFIG_FACTOR),
+            ("latent_multiple", self.latent_multiple, MAX_CONFIG_FACTOR),
+            ("down_residuals", self.down_residuals, MAX_CONFIG_FACTOR),
+            ("text_dim_1", self.text_dim_1, MAX_CONFIG_FEATURES),
+            ("text_dim_2", self.text_dim_2, MAX_CONFIG_FEATURES),
+            ("pooled_dim", self.pooled_dim, MAX_CONFIG_FEATURES),
+            (
+                "id_embedding_dim",
+                self.id_embedding_dim,
+                MAX_CONFIG_FEATURES,
+            ),
+            (
+                "cross_attention_dim",
+                self.cross_attention_dim,
+                2 * MAX_CONFIG_FEATURES,
+            ),
+        ];
+        for (field, value, max) in bounded {
+            if !(1..=max).contains(&value) {
+                return Err(format!("config.{field} is {value}; must be 1 to {max}"));
+            }
+        }
+        if self.cross_attention_dim != self.text_dim_1 + self.text_dim_2 {
+            return Err(format!(
+                "config.cross_attention_dim is {}; the two text encoders give {} + {} features",
+                self.cross_attention_dim, self.text_dim_1, self.text_dim_2
+            ));
+        }
+        let scaling = self.vae_scaling_factor as f32;
+        if !(scaling.is_normal() && scaling > 0.0) {
+            return Err(format!(
+                "config.vae_scaling_factor is {:?}; must be a positive normal float32 (latents \
+                 are divided by it)",
+                self.vae_scaling_factor
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,11 +313,23 @@ pub struct Manifest {
     pub graphs: BTreeMap<String, GraphEntry>,
 }
 
-/// Whether opening a set hashes its files. Hashing a full-size FP16 set reads ~10 GB.
+/// Whether opening a set verifies its files' sha256. Hashing a full-size FP16 set reads ~10 GB;
+/// a [`ChecksumCache`] keeps that to the first run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checksums {
     Verify,
     Skip,
+}
+
+impl Checksums {
+    /// `Skip` when the user passed `--skip-checksums`.
+    pub fn from_skip_flag(skip: bool) -> Checksums {
+        if skip {
+            Checksums::Skip
+        } else {
+            Checksums::Verify
+        }
+    }
 }
 
 /// A manifest together with the directory it was read from.
@@ -214,70 +337,97 @@ pub enum Checksums {
 pub struct ModelSet {
     pub dir: PathBuf,
     pub manifest: Manifest,
+    /// Whether the files' sha256 were verified when the set was opened.
+    pub checksums: Checksums,
 }
 
 impl ModelSet {
-    /// Reads and checks a set: the manifest parses, every pipeline graph is listed, its files
-    /// exist and (with [`Checksums::Verify`]) match their sha256.
+    /// [`ModelSet::open_with_cache`] with the user's checksum cache
+    /// ([`ChecksumCache::from_env`]).
     pub fn open(dir: &Path, checksums: Checksums) -> Result<ModelSet> {
-        let set_name = dir.display().to_string();
-        if !dir.is_dir() {
-            return Err(Error::model_set(&set_name, "directory does not exist"));
-        }
-        let manifest_path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
-            Error::model_set(&set_name, format!("cannot read {MANIFEST_FILE}: {e}"))
-        })?;
-        let malformed = |e: serde_json::Error| {
-            Error::model_set(&set_name, format!("{MANIFEST_FILE} is malformed: {e}"))
-        };
-        let raw: serde_json::Value = serde_json::from_str(&text).map_err(malformed)?;
-        if raw.get("weightless").and_then(serde_json::Value::as_bool) == Some(true) {
-            return Err(Error::model_set(
-                &set_name,
-                "holds graph structure only (exported with --weightless); write its weights with \
-                 `python exporter-specs/materialize.py SET OUT` and open OUT",
-            ));
-        }
-        let manifest: Manifest = serde_json::from_str(&text).map_err(malformed)?;
-        if manifest.format != FORMAT_VERSION {
-            return Err(Error::model_set(
-                &set_name,
-                format!(
-                    "{MANIFEST_FILE} has format {}, this build reads format {FORMAT_VERSION}",
-                    manifest.format
-                ),
-            ));
-        }
+        ModelSet::open_with_cache(dir, checksums, &ChecksumCache::from_env())
+    }
+
+    /// Reads and checks a set; every problem is an [`Error::ModelSet`] naming the set and the
+    /// field. Checked: the manifest parses and has this build's format; every path it gives
+    /// (graphs, external data, tokenizer files, golden directories) is relative and stays in
+    /// the set directory (symbolic links are followed: a set may link to weights stored
+    /// elsewhere, and the checksums still cover their bytes); `config` and `scheduler` hold
+    /// values the runtime can work with; every pipeline graph and both tokenizers are listed
+    /// and their files exist; and with [`Checksums::Verify`] every listed file matches its
+    /// sha256 (through `cache`).
+    pub fn open_with_cache(
+        dir: &Path,
+        checksums: Checksums,
+        cache: &ChecksumCache,
+    ) -> Result<ModelSet> {
+        let manifest = read_manifest(dir)?;
+        check_format(dir, &manifest, true)?;
         let set = ModelSet {
             dir: dir.to_path_buf(),
-            manifest,
+            manifest: serde_path_to_error::deserialize(manifest).map_err(|e| {
+                Error::model_set(
+                    dir.display().to_string(),
+                    format!("{MANIFEST_FILE} is malformed: {e}"),
+                )
+            })?,
+            checksums,
         };
-        for name in set.manifest.graphs.keys() {
-            if Role::from_name(name).is_none() {
-                return Err(set.error(format!("unknown graph role {name:?}")));
-            }
-        }
+        set.check_contents()?;
+        let mut files = Vec::new();
         for role in Role::ALL {
             let entry = set.entry(role)?;
-            let files = std::iter::once((&entry.file, &entry.sha256))
-                .chain(entry.external_data.iter().map(|f| (&f.file, &f.sha256)));
-            for (file, sha) in files {
-                let path = set.dir.join(file);
-                if !path.is_file() {
-                    return Err(set.error(format!("graph {role}: file {file} is missing")));
-                }
-                if checksums == Checksums::Verify {
-                    let actual = sha256_file(&path)?;
-                    if !actual.eq_ignore_ascii_case(sha) {
-                        return Err(set.error(format!(
-                            "graph {role}: checksum mismatch for {file} (manifest {sha}, file {actual})"
-                        )));
-                    }
-                }
+            let what = format!("graph {role}");
+            files.push((what.clone(), entry.file.as_str(), entry.sha256.as_str()));
+            for data in &entry.external_data {
+                files.push((what.clone(), data.file.as_str(), data.sha256.as_str()));
             }
         }
+        for name in TOKENIZERS {
+            let tokenizer = &set.manifest.tokenizers[name];
+            for (_, file, sha) in tokenizer.files() {
+                files.push((format!("tokenizers.{name}"), file, sha));
+            }
+        }
+        verify_files(&set.dir, &files, checksums, cache).map_err(|r| set.error(r))?;
         Ok(set)
+    }
+
+    /// Everything but the files themselves: roles, paths, config and scheduler values.
+    fn check_contents(&self) -> Result<()> {
+        let m = &self.manifest;
+        if let Some(name) = m.graphs.keys().find(|n| Role::from_name(n).is_none()) {
+            return Err(self.error(format!("unknown graph role {name:?}")));
+        }
+        for role in Role::ALL {
+            check_graph_entry(role, self.entry(role)?).map_err(|r| self.error(r))?;
+        }
+        if let Some(name) = m
+            .tokenizers
+            .keys()
+            .find(|n| !TOKENIZERS.contains(&n.as_str()))
+        {
+            return Err(self.error(format!(
+                "unknown tokenizer {name:?} (a set lists {})",
+                TOKENIZERS.join(" and ")
+            )));
+        }
+        for name in TOKENIZERS {
+            let files = m.tokenizers.get(name).ok_or_else(|| {
+                self.error(format!("{MANIFEST_FILE} has no tokenizers.{name} section"))
+            })?;
+            check_tokenizer_entry(name, files).map_err(|r| self.error(r))?;
+        }
+        m.config.check().map_err(|r| self.error(r))?;
+        let scheduler = m
+            .scheduler
+            .as_object()
+            .ok_or_else(|| self.error("scheduler: expected a diffusers scheduler config object"))?;
+        SchedulerConfig::from_map(scheduler, None, "scheduler").map_err(|e| match e {
+            Error::InvalidInput { input, reason } => self.error(format!("{input}: {reason}")),
+            other => other,
+        })?;
+        Ok(())
     }
 
     pub fn name(&self) -> &str {
@@ -299,19 +449,40 @@ impl ModelSet {
         Ok(self.entry(role)?.golden.as_ref().map(|g| self.dir.join(g)))
     }
 
-    /// One sha256 naming every graph file of the set, as listed in the manifest: the digest of
-    /// the lines `<role> <file> <sha256>\n` (external data files too) in pipeline order.
-    pub fn graphs_digest(&self) -> Result<String> {
-        let mut hasher = Sha256::new();
+    /// One sha256 naming everything in the set that shapes an output, as the manifest lists it
+    /// (the `model_set_digest` PNG chunk): the digest of the lines
+    /// - `<role> <file> <sha256>` for each graph file and external data file, in pipeline order;
+    /// - `<tokenizer> vocab <file> <sha256>`, `<tokenizer> merges <file> <sha256>` and
+    ///   `<tokenizer> pad_token_id <id>` for `tokenizer`, then `tokenizer_2`;
+    /// - `config <JSON>` and `scheduler <JSON>`, the two sections in canonical JSON
+    ///   ([`canonical_json`]; `config` with the default `latent_multiple` filled in),
+    ///
+    /// each ending in `\n`; sha256 values in lowercase. The files are only known to match these
+    /// checksums when the set was opened with [`Checksums::Verify`].
+    pub fn model_set_digest(&self) -> Result<String> {
+        let mut lines = String::new();
         for role in Role::ALL {
             let entry = self.entry(role)?;
             let files = std::iter::once((&entry.file, &entry.sha256))
                 .chain(entry.external_data.iter().map(|f| (&f.file, &f.sha256)));
             for (file, sha) in files {
-                hasher.update(format!("{role} {file} {}\n", sha.to_ascii_lowercase()));
+                lines += &format!("{role} {file} {}\n", sha.to_ascii_lowercase());
             }
         }
-        Ok(hex(&hasher.finalize()))
+        for name in TOKENIZERS {
+            let tokenizer = self.manifest.tokenizers.get(name).ok_or_else(|| {
+                self.error(format!("{MANIFEST_FILE} has no tokenizers.{name} section"))
+            })?;
+            for (key, file, sha) in tokenizer.files() {
+                lines += &format!("{name} {key} {file} {}\n", sha.to_ascii_lowercase());
+            }
+            lines += &format!("{name} pad_token_id {}\n", tokenizer.pad_token_id);
+        }
+        let config = serde_json::to_value(&self.manifest.config)
+            .map_err(|e| self.error(format!("config: {e}")))?;
+        lines += &format!("config {}\n", canonical_json(&config));
+        lines += &format!("scheduler {}\n", canonical_json(&self.manifest.scheduler));
+        Ok(hex(&Sha256::digest(lines.as_bytes())))
     }
 
     pub fn error(&self, reason: impl Into<String>) -> Error {
@@ -319,22 +490,205 @@ impl ModelSet {
     }
 }
 
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
+/// The parsed `manifest.json` of `dir`, refusing weightless sets.
+fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
+    let set_name = dir.display().to_string();
+    if !dir.is_dir() {
+        return Err(Error::model_set(&set_name, "directory does not exist"));
     }
-    Ok(hex(&hasher.finalize()))
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::model_set(&set_name, format!("cannot read {MANIFEST_FILE}: {e}")))?;
+    let raw: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::model_set(&set_name, format!("{MANIFEST_FILE} is malformed: {e}")))?;
+    if raw.get("weightless").and_then(serde_json::Value::as_bool) == Some(true) {
+        return Err(Error::model_set(
+            &set_name,
+            "holds graph structure only (exported with --weightless); write its weights with \
+             `python exporter-specs/materialize.py SET OUT` and open OUT",
+        ));
+    }
+    Ok(raw)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The manifest's `format` must be this build's (checked before the rest is parsed, so that an
+/// older set gets this message rather than a missing field); `required`: it must be given.
+fn check_format(dir: &Path, raw: &serde_json::Value, required: bool) -> Result<()> {
+    let format = match raw.get("format") {
+        None if !required => return Ok(()),
+        None => "none".to_string(),
+        Some(value) => value.to_string(),
+    };
+    if format != FORMAT_VERSION.to_string() {
+        return Err(Error::model_set(
+            dir.display().to_string(),
+            format!(
+                "{MANIFEST_FILE} has format {format}, this build reads format {FORMAT_VERSION} \
+                 (export the set again with exporter-specs/export.py)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The `tokenizers` section of the manifest in `dir`, checked and verified like
+/// [`ModelSet::open_with_cache`] does, without requiring the rest of a set: what
+/// `idpatch tokenize` reads. `Ok(None)` when `dir` has no manifest or the manifest no
+/// `tokenizers` section.
+pub fn open_tokenizers(
+    dir: &Path,
+    checksums: Checksums,
+    cache: &ChecksumCache,
+) -> Result<Option<BTreeMap<String, TokenizerFiles>>> {
+    if !dir.join(MANIFEST_FILE).exists() {
+        return Ok(None);
+    }
+    let raw = read_manifest(dir)?;
+    check_format(dir, &raw, false)?;
+    let set_error = |reason: String| Error::model_set(dir.display().to_string(), reason);
+    let Some(section) = raw.get("tokenizers") else {
+        return Ok(None);
+    };
+    let tokenizers: BTreeMap<String, TokenizerFiles> =
+        serde_path_to_error::deserialize(section.clone())
+            .map_err(|e| set_error(format!("{MANIFEST_FILE} is malformed: tokenizers.{e}")))?;
+    let mut files = Vec::new();
+    for name in TOKENIZERS {
+        let entry = tokenizers.get(name).ok_or_else(|| {
+            set_error(format!("{MANIFEST_FILE} has no tokenizers.{name} section"))
+        })?;
+        check_tokenizer_entry(name, entry).map_err(set_error)?;
+        for (_, file, sha) in entry.files() {
+            files.push((format!("tokenizers.{name}"), file, sha));
+        }
+    }
+    verify_files(dir, &files, checksums, cache).map_err(set_error)?;
+    Ok(Some(tokenizers))
+}
+
+/// Paths and sha256 strings of one graph entry; IO names must be file-name safe where goldens
+/// are read by them.
+fn check_graph_entry(role: Role, entry: &GraphEntry) -> std::result::Result<(), String> {
+    let what = format!("graph {role}");
+    check_file_entry(&what, "file", &entry.file, &entry.sha256)?;
+    for data in &entry.external_data {
+        check_file_entry(&what, "external_data file", &data.file, &data.sha256)?;
+    }
+    if let Some(golden) = &entry.golden {
+        check_set_path(&what, "golden", golden)?;
+        let names = entry.inputs.iter().chain(&entry.outputs).map(|s| &s.name);
+        for name in names {
+            if name.is_empty() || name.contains(['/', '\\', '\0']) {
+                return Err(format!(
+                    "{what}: tensor name {name:?} cannot name a golden file (input.<name>.npy)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_tokenizer_entry(name: &str, files: &TokenizerFiles) -> std::result::Result<(), String> {
+    let what = format!("tokenizers.{name}");
+    for (key, file, sha) in files.files() {
+        check_file_entry(&what, key, file, sha)?;
+    }
+    Ok(())
+}
+
+fn check_file_entry(
+    what: &str,
+    key: &str,
+    file: &str,
+    sha256: &str,
+) -> std::result::Result<(), String> {
+    check_set_path(what, key, file)?;
+    if !is_sha256(sha256) {
+        return Err(format!(
+            "{what}: the sha256 of {file} is {sha256:?}, not 64 hex digits"
+        ));
+    }
+    Ok(())
+}
+
+/// A manifest path must be relative and stay inside the set: no root, no drive, no `..`.
+fn check_set_path(what: &str, key: &str, file: &str) -> std::result::Result<(), String> {
+    let path = Path::new(file);
+    let problem = if file.is_empty() {
+        "is empty"
+    } else if path
+        .components()
+        .any(|c| matches!(c, Component::RootDir | Component::Prefix(_)))
+    {
+        "is absolute; manifest paths are relative to the set directory"
+    } else if path.components().any(|c| c == Component::ParentDir) {
+        "leaves the set directory (`..`)"
+    } else if !path.components().any(|c| matches!(c, Component::Normal(_))) {
+        "names no file in the set"
+    } else {
+        return Ok(());
+    };
+    Err(format!("{what}: {key} {file:?} {problem}"))
+}
+
+/// Checks that every file exists and, with `Verify`, matches its sha256 (each distinct file
+/// hashed once). `files` are `(what, relative path, sha256)`; errors name `what` and the file.
+fn verify_files(
+    dir: &Path,
+    files: &[(String, &str, &str)],
+    checksums: Checksums,
+    cache: &ChecksumCache,
+) -> std::result::Result<(), String> {
+    for (what, file, _) in files {
+        if !dir.join(file).is_file() {
+            return Err(format!("{what}: file {file} is missing"));
+        }
+    }
+    if checksums == Checksums::Skip {
+        return Ok(());
+    }
+    let mut known: BTreeMap<&str, String> = BTreeMap::new();
+    for (what, file, sha) in files {
+        let actual = match known.get(file) {
+            Some(actual) => actual.clone(),
+            None => {
+                let actual = cache
+                    .sha256(&dir.join(file))
+                    .map_err(|e| format!("{what}: {e}"))?;
+                known.insert(file, actual.clone());
+                actual
+            }
+        };
+        if !actual.eq_ignore_ascii_case(sha) {
+            return Err(format!(
+                "{what}: checksum mismatch for {file} (manifest {sha}, file {actual})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// JSON with object keys sorted (by their UTF-8 bytes), no whitespace, strings escaped and
+/// numbers written as serde_json writes them (integers as integers, floats in their shortest
+/// round-trip form): the same text for the same parsed values whatever their order in the file.
+pub fn canonical_json(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::from(k.as_str()), canonical_json(&map[k])))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(canonical_json).collect();
+            format!("[{}]", items.join(","))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Compares what a loaded graph declares with the manifest's spec. Names and dtypes must agree

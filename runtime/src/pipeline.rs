@@ -8,11 +8,14 @@
 //!    them into ID patches, `prompt_proj` into ID tokens; the unconditional ID tokens are
 //!    `prompt_proj` of zeros.
 //! 3. Condition: pose skeleton plus ID patches ([`crate::condition`]).
-//! 4. Text: both tokenizers and encoders for the prompt and the negative prompt; the sequence is
-//!    the two hidden states side by side, the pooled embedding is encoder 2's.
-//! 5. Denoising with classifier-free guidance (batch `[uncond, cond]`), the ID tokens spliced in
-//!    per the injection schedule ([`crate::splice`]); ControlNet residuals go straight from the
-//!    ControlNet's outputs to the UNet's inputs as backend values.
+//! 4. Text: both tokenizers and encoders for the prompt and the negative prompt (the prompt
+//!    alone without guidance); the sequence is the two hidden states side by side, the pooled
+//!    embedding is encoder 2's ([`crate::stages`]).
+//! 5. Denoising ([`crate::denoise`]): classifier-free guidance on the batch `[uncond, cond]` when
+//!    `guidance > 1`, the conditional half alone otherwise (diffusers'
+//!    `do_classifier_free_guidance`); the ID tokens spliced in per the injection schedule
+//!    ([`crate::splice`]); the ControlNet inside its control guidance window, its residuals
+//!    going straight to the UNet's inputs as backend values; constant inputs uploaded once.
 //! 6. VAE decode, `(x / 2 + 0.5).clamp(0, 1)`, 8-bit RGB.
 //!
 //! [`prepare`] does everything that can fail on user input (and is cheap) before any graph is
@@ -22,13 +25,16 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{load_checked, Backend, Graph, Value};
 use crate::condition::{self, ConditionOptions};
+use crate::denoise::{self, DenoiserInputs, GenerationTraffic};
 use crate::face;
 use crate::image_io::{self, Rgb8};
 use crate::layout::Layout;
+use crate::limits;
 use crate::manifest::{ModelSet, Role, SetConfig};
 use crate::noise::{NoiseGenerator, Stream};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
-use crate::splice::{self, EncoderStates};
+use crate::splice;
+use crate::stages::{decode, encode_ids, encode_prompts};
 use crate::tensor::DType;
 use crate::tokenizer::{ClipTokenizer, Encoding};
 use crate::{Error, Result, Tensor};
@@ -50,6 +56,11 @@ pub struct Params {
     pub seed: u64,
     /// Round patch centres through bfloat16 as the reference does.
     pub bf16_positions: bool,
+    /// diffusers' `control_guidance_start`: the ControlNet runs on step `i` of `N` only when
+    /// `i / N >= start`, in [0, 1).
+    pub control_guidance_start: f64,
+    /// diffusers' `control_guidance_end`: ... and `(i + 1) / N <= end`, in (start, 1].
+    pub control_guidance_end: f64,
 }
 
 impl Default for Params {
@@ -65,12 +76,14 @@ impl Default for Params {
             scheduler: None,
             seed: 0,
             bf16_positions: false,
+            control_guidance_start: 0.0,
+            control_guidance_end: 1.0,
         }
     }
 }
 
 impl Params {
-    /// Range checks; errors name the command-line flag.
+    /// Range checks (see [`crate::limits`]); errors name the command-line flag.
     pub fn check(&self) -> Result<()> {
         if self.steps == 0 || self.steps > MAX_STEPS {
             return Err(Error::invalid_input(
@@ -78,19 +91,53 @@ impl Params {
                 format!("{} is not between 1 and {MAX_STEPS}", self.steps),
             ));
         }
-        if !self.guidance.is_finite() || self.guidance < 0.0 {
+        limits::check_scale("--guidance", self.guidance, limits::MAX_GUIDANCE)?;
+        let max_scale = limits::MAX_CONTROLNET_SCALE;
+        limits::check_scale("--controlnet-scale", self.controlnet_scale, max_scale)?;
+        limits::check_prompt("--prompt", &self.prompt)?;
+        limits::check_prompt("--negative-prompt", &self.negative_prompt)?;
+        splice::check_ratio(self.id_injection_ratio, "--id-injection-ratio")?;
+        self.check_guidance_window()?;
+        if !self.do_classifier_free_guidance() && !self.negative_prompt.is_empty() {
             return Err(Error::invalid_input(
-                "--guidance",
-                format!("{} must be a finite number >= 0", self.guidance),
+                "--negative-prompt",
+                format!(
+                    "is not used without classifier-free guidance (--guidance {} is not above 1); \
+                     drop it or raise --guidance",
+                    self.guidance
+                ),
             ));
         }
-        if !self.controlnet_scale.is_finite() {
+        Ok(())
+    }
+
+    /// diffusers' rules for the control guidance window: both in [0, 1], start below end.
+    fn check_guidance_window(&self) -> Result<()> {
+        let (start, end) = (self.control_guidance_start, self.control_guidance_end);
+        for (flag, value) in [
+            ("--control-guidance-start", start),
+            ("--control-guidance-end", end),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(Error::invalid_input(
+                    flag,
+                    format!("{value} is not in [0, 1]"),
+                ));
+            }
+        }
+        if start >= end {
             return Err(Error::invalid_input(
-                "--controlnet-scale",
-                format!("{} is not a finite number", self.controlnet_scale),
+                "--control-guidance-start",
+                format!("{start} must be below --control-guidance-end ({end})"),
             ));
         }
-        splice::check_ratio(self.id_injection_ratio, "--id-injection-ratio")
+        Ok(())
+    }
+
+    /// diffusers' `do_classifier_free_guidance`: guidance only when `guidance > 1`; otherwise the
+    /// graphs run on the conditional half alone.
+    pub fn do_classifier_free_guidance(&self) -> bool {
+        self.guidance > 1.0
     }
 }
 
@@ -111,7 +158,8 @@ pub struct Timings {
     pub condition: Duration,
     /// ControlNet over the whole loop.
     pub controlnet: Duration,
-    /// UNet over the whole loop.
+    /// UNet over the whole loop, with the uploads of the denoiser inputs (constants once per
+    /// generation, `sample` and `timestep` per step).
     pub unet: Duration,
     /// Part of `controlnet` + `unet`: their first run at each sequence length, which includes a
     /// backend's per-shape preparation (tract optimises a plan for each new input shape).
@@ -121,12 +169,26 @@ pub struct Timings {
     pub vae_decode: Duration,
     /// Float image to 8-bit RGB (Rust).
     pub to_rgb: Duration,
+    /// ControlNet calls, and steps the control guidance window skipped.
+    pub controlnet_calls: usize,
+    pub controlnet_skipped: usize,
+    /// Median ControlNet call after its first run per sequence length (None without one).
+    pub controlnet_call: Option<Duration>,
 }
 
 impl Timings {
     /// Time spent in code this crate owns (everything but graph loading and graph runs).
     pub fn rust_owned(&self) -> Duration {
         self.faces + self.tokenize + self.condition + self.scheduler + self.to_rgb
+    }
+
+    /// ControlNet time the control guidance window saved: skipped steps times the median call
+    /// (None when no step was skipped or no call was timed after its first run).
+    pub fn controlnet_saved(&self) -> Option<Duration> {
+        let skipped = u32::try_from(self.controlnet_skipped)
+            .ok()
+            .filter(|n| *n > 0)?;
+        self.controlnet_call.map(|call| call * skipped)
     }
 
     /// Every stage summed.
@@ -173,6 +235,21 @@ impl Timings {
             100.0 * other.as_secs_f64() / total_s
         ));
         out.push_str(&format!("{:<28} {:>10.4}\n", "total", total.as_secs_f64()));
+        if self.controlnet_skipped > 0 {
+            let steps = self.controlnet_skipped + self.controlnet_calls;
+            out.push_str(&format!(
+                "controlnet skipped on {} of {steps} steps (control guidance window): {}\n",
+                self.controlnet_skipped,
+                match (self.controlnet_saved(), self.controlnet_call) {
+                    (Some(saved), Some(call)) => format!(
+                        "about {:.4} s saved at {:.3} ms per call",
+                        saved.as_secs_f64(),
+                        call.as_secs_f64() * 1e3
+                    ),
+                    _ => "no call after its first run to measure the saving by".into(),
+                }
+            ));
+        }
         out.push_str(&format!(
             "Rust-owned (faces, tokenize, condition, scheduler + CFG, to RGB8): {:.4} s, {:.2}% of total",
             self.rust_owned().as_secs_f64(),
@@ -251,6 +328,9 @@ pub fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tenso
                 ),
             ));
         }
+        if let Some(points) = &keypoints {
+            limits::check_face_points(points, img, i)?;
+        }
         if keypoints.is_none() && (img.width() != size || img.height() != size) {
             return Err(Error::invalid_input(
                 &name,
@@ -266,7 +346,10 @@ pub fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tenso
         }
         let what = format!("layout people[{i}].face_keypoints");
         let input = face::arcface_input(img, keypoints.as_ref(), &what)?;
-        data.extend_from_slice(input.as_f32().expect("arcface_input is f32"));
+        let input = input
+            .as_f32()
+            .ok_or_else(|| Error::invalid_input(&name, "the ArcFace input is not float32"))?;
+        data.extend_from_slice(input);
     }
     Tensor::from_f32(vec![layout.people.len(), 3, size, size], data)
 }
@@ -417,12 +500,7 @@ pub fn prepare_with_faces(
                     ),
                 ));
             }
-            if let Some(i) = tensor.first_non_finite() {
-                return Err(Error::invalid_input(
-                    name,
-                    format!("non-finite value at flat index {i}"),
-                ));
-            }
+            limits::check_init_noise(&tensor, name)?;
             tensor
         }
         None => {
@@ -491,7 +569,7 @@ fn host_values<'a>(
         .collect()
 }
 
-fn check_finite(tensor: &Tensor, role: Role, output: &str, context: &str) -> Result<()> {
+pub(crate) fn check_finite(tensor: &Tensor, role: Role, output: &str, context: &str) -> Result<()> {
     match tensor.first_non_finite() {
         Some(i) => Err(Error::graph(
             role.name(),
@@ -536,7 +614,7 @@ pub fn id_tokens(prompt_proj: &mut dyn Graph, embeddings: &Tensor) -> Result<Ten
     )
 }
 
-fn first_output(outputs: Vec<Tensor>, graph: &str) -> Result<Tensor> {
+pub(crate) fn first_output(outputs: Vec<Tensor>, graph: &str) -> Result<Tensor> {
     outputs
         .into_iter()
         .next()
@@ -584,6 +662,8 @@ pub struct Generated {
     /// The ControlNet condition (3, H, W).
     pub condition: Tensor,
     pub timings: Timings,
+    /// Bytes the backend moved, for backends with device memory.
+    pub traffic: Option<GenerationTraffic>,
 }
 
 /// Runs the pipeline. `progress(done, total)` is called after every denoising step.
@@ -593,301 +673,72 @@ pub fn generate(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Generated> {
     let mut timings = job.timings.clone();
-    let config = models.set.manifest.config.clone();
-    let params = &job.params;
+    let before = models.unet.traffic();
     let (height, width) = (job.layout.height as usize, job.layout.width as usize);
-    let (lh, lw) = job.latent_size(&models.set);
-    let channels = config.latent_channels;
+    let latent = job.latent_size(&models.set);
+    let cfg = job.params.do_classifier_free_guidance();
 
-    // Text: prompt and negative prompt in one batch per encoder.
     let started = Instant::now();
-    let ids = |tokens: &[Encoding; 2]| {
-        let v: Vec<i64> = tokens.iter().flat_map(|e| e.ids.iter().copied()).collect();
-        Tensor::from_i64(vec![2, tokens[0].ids.len()], v)
-    };
-    let ids_1 = ids(&job.tokens_1)?;
-    let ids_2 = ids(&job.tokens_2)?;
-    let hidden_1 = first_output(
-        run_host(models.text_encoder.as_mut(), &[("input_ids", &ids_1)], "")?,
-        "text_encoder",
-    )?;
-    let mut out_2 = run_host(models.text_encoder_2.as_mut(), &[("input_ids", &ids_2)], "")?;
-    if out_2.len() != 2 {
-        return Err(Error::graph(
-            "text_encoder_2",
-            format!(
-                "expected 2 outputs (hidden_states, text_embeds), got {}",
-                out_2.len()
-            ),
-        ));
-    }
-    let pooled = out_2.pop().expect("two outputs");
-    let hidden_2 = out_2.pop().expect("two outputs");
+    let (text, pooled) = encode_prompts(models, job, cfg)?;
     timings.text_encoders = started.elapsed();
 
-    // ID embeddings, patches and tokens.
     let started = Instant::now();
-    let embeddings = id_embeddings(models.arcface.as_mut(), &job.faces)?;
-    let patches = id_patches(models.patch_proj.as_mut(), &embeddings)?;
-    let tokens = id_tokens(models.prompt_proj.as_mut(), &embeddings)?;
-    let zeros = Tensor::zeros(embeddings.shape().to_vec(), DType::Float32);
-    let negative_tokens = id_tokens(models.prompt_proj.as_mut(), &zeros)?;
+    let (patches, tokens, negative_tokens) = encode_ids(models, &job.faces, cfg)?;
     timings.id_graphs = started.elapsed();
 
-    // Condition image and spliced sequences.
     let started = Instant::now();
     let options = ConditionOptions {
-        bf16_positions: params.bf16_positions,
+        bf16_positions: job.params.bf16_positions,
     };
     let condition = condition::condition_tensor(&job.layout, &patches, &options)?;
-    let text = side_by_side(&hidden_1, &hidden_2)?;
-    let (text_len, dim) = (text.shape()[1], text.shape()[2]);
-    if dim != config.cross_attention_dim {
-        return Err(models.set.error(format!(
-            "text encoders give {dim} features together, config.cross_attention_dim is {}",
-            config.cross_attention_dim
-        )));
-    }
-    let half = |t: &Tensor, b: usize| {
-        let v = t.as_f32().expect("f32");
-        let n = v.len() / 2;
-        Tensor::from_f32(vec![text_len, dim], v[b * n..(b + 1) * n].to_vec())
-    };
-    let states = EncoderStates::new(
-        &half(&text, 0)?,
-        &half(&text, 1)?,
-        &negative_tokens,
+    let inputs = DenoiserInputs::new(
+        &text,
+        pooled,
         &tokens,
+        negative_tokens.as_ref(),
+        &condition,
+        job.params.controlnet_scale,
     )?;
-    let repeat2 = |t: &Tensor| {
-        let mut shape = vec![2];
-        shape.extend_from_slice(t.shape());
-        let v = t.as_f32().expect("f32");
-        Tensor::from_f32(shape, [v, v].concat())
-    };
-    let controlnet_cond = repeat2(&condition)?;
-    let time_row = [height, width, 0, 0, height, width].map(|v| v as f32);
-    let time_ids = Tensor::from_f32(vec![2, 6], [time_row, time_row].concat())?;
-    let text_embeds = pooled; // (2, pooled): [negative, prompt]
-    let conditioning_scale = Tensor::from_f32(vec![1], vec![params.controlnet_scale as f32])?;
     timings.condition = started.elapsed();
 
-    // Constant graph inputs, as values in each graph's dtypes.
-    let const_inputs = |graph: &dyn Graph| {
-        host_values(
-            graph,
-            &[
-                ("text_embeds", &text_embeds),
-                ("time_ids", &time_ids),
-                ("controlnet_cond", &controlnet_cond),
-                ("conditioning_scale", &conditioning_scale),
-            ],
-        )
-        .map(|v| {
-            v.into_iter()
-                .filter(|(n, _)| graph.io().inputs.iter().any(|s| s.name == *n))
-                .collect::<Vec<_>>()
-        })
-    };
-    let control_consts = const_inputs(models.controlnet.as_ref())?;
-    let unet_consts = const_inputs(models.unet.as_ref())?;
-    let sequences = |graph: &dyn Graph| -> Result<[Value; 2]> {
-        let mut v = host_values(
-            graph,
-            &[
-                ("encoder_hidden_states", states.text_only()),
-                ("encoder_hidden_states", states.full()),
-            ],
-        )?;
-        let full = v.pop().expect("two").1;
-        let text_only = v.pop().expect("two").1;
-        Ok([text_only, full])
-    };
-    let control_states = sequences(models.controlnet.as_ref())?;
-    let unet_states = sequences(models.unet.as_ref())?;
+    let denoised = denoise::denoise(
+        models.controlnet.as_mut(),
+        models.unet.as_mut(),
+        job,
+        inputs,
+        latent,
+        &mut timings,
+        progress,
+    )?;
 
-    // Denoising.
     let started = Instant::now();
-    let mut scheduler = job.scheduler.clone();
-    let steps = scheduler.len();
-    let sigma0 = scheduler.init_noise_sigma() as f32;
-    let mut latents: Vec<f32> = job.noise.to_f32_vec().iter().map(|x| x * sigma0).collect();
-    let n = latents.len();
-    let guidance = params.guidance as f32;
-    let noise = NoiseGenerator::new(params.seed);
-    timings.scheduler += started.elapsed();
-    for i in 0..steps {
-        let started = Instant::now();
-        let mut input = Vec::with_capacity(2 * n);
-        input.extend_from_slice(&latents);
-        input.extend_from_slice(&latents);
-        scheduler.scale_model_input_in_place(&mut input, i)?;
-        let t = scheduler.timesteps()[i] as f32;
-        let sample = Tensor::from_f32(vec![2, channels, lh, lw], input)?;
-        let timestep = Tensor::from_f32(vec![2], vec![t, t])?;
-        timings.scheduler += started.elapsed();
-        let phase = usize::from(splice::ids_active(i, steps, params.id_injection_ratio));
-        let context = format!("at step {i} of {steps}");
-
-        let first_run = i == 0
-            || phase != usize::from(splice::ids_active(i - 1, steps, params.id_injection_ratio));
-        let graphs_started = Instant::now();
-        let started = Instant::now();
-        let step_inputs = host_values(
-            models.controlnet.as_ref(),
-            &[("sample", &sample), ("timestep", &timestep)],
-        )?;
-        let mut named: Vec<(&str, &Value)> = step_inputs.iter().map(|(k, v)| (*k, v)).collect();
-        named.push(("encoder_hidden_states", &control_states[phase]));
-        named.extend(control_consts.iter().map(|(k, v)| (*k, v)));
-        let residuals = models.controlnet.run(&named)?;
-        let residual_names: Vec<String> = models
-            .controlnet
-            .io()
-            .outputs
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
-        for (value, name) in residuals.iter().zip(&residual_names) {
-            // Only host values can be checked without a copy; a device NaN shows up in the UNet.
-            if let Value::Host(t) = value {
-                check_finite(t, Role::Controlnet, name, &context)?;
-            }
-        }
-        timings.controlnet += started.elapsed();
-
-        let started = Instant::now();
-        let step_inputs = host_values(
-            models.unet.as_ref(),
-            &[("sample", &sample), ("timestep", &timestep)],
-        )?;
-        let mut named: Vec<(&str, &Value)> = step_inputs.iter().map(|(k, v)| (*k, v)).collect();
-        named.push(("encoder_hidden_states", &unet_states[phase]));
-        named.extend(unet_consts.iter().map(|(k, v)| (*k, v)));
-        named.extend(
-            residual_names
-                .iter()
-                .map(|k| k.as_str())
-                .zip(residuals.iter()),
-        );
-        let mut eps = models.unet.run(&named)?;
-        if eps.is_empty() {
-            return Err(Error::graph("unet", "the graph returned no output"));
-        }
-        let eps = models
-            .unet
-            .to_host(eps.swap_remove(0))?
-            .cast(DType::Float32)?;
-        check_finite(&eps, Role::Unet, "noise_pred", &context)?;
-        timings.unet += started.elapsed();
-        if first_run {
-            timings.first_runs += graphs_started.elapsed();
-        }
-
-        let started = Instant::now();
-        let eps = eps.as_f32().expect("cast to f32");
-        if eps.len() != 2 * n {
-            return Err(Error::graph(
-                "unet",
-                format!("noise_pred has {} values, expected {}", eps.len(), 2 * n),
-            ));
-        }
-        let (uncond, cond) = eps.split_at(n);
-        let guided: Vec<f32> = uncond
-            .iter()
-            .zip(cond)
-            .map(|(&u, &c)| u + guidance * (c - u))
-            .collect();
-        let step_noise = (scheduler.kind() == SchedulerKind::EulerAncestral)
-            .then(|| noise.normal(Stream::AncestralStep(i), n));
-        latents = scheduler.step(&guided, i, &latents, step_noise.as_deref())?;
-        if let Some(k) = latents.iter().position(|x| !x.is_finite()) {
-            return Err(Error::graph(
-                "scheduler",
-                format!(
-                    "NaN or infinity in the latents after the {} step {context} (flat index {k})",
-                    scheduler.kind()
-                ),
-            ));
-        }
-        timings.scheduler += started.elapsed();
-        progress(i + 1, steps);
-    }
-
-    // Decode.
-    let started = Instant::now();
-    let latent_shape = vec![1, channels, lh, lw];
-    let factor = config.vae_scaling_factor as f32;
+    let factor = models.set.manifest.config.vae_scaling_factor as f32;
+    let channels = job.noise.shape()[1];
     let scaled = Tensor::from_f32(
-        latent_shape.clone(),
-        latents.iter().map(|x| x / factor).collect(),
+        vec![1, channels, latent.0, latent.1],
+        denoised.latents.iter().map(|x| x / factor).collect(),
     )?;
-    let decoded = first_output(
-        run_host(
-            models.vae_decoder.as_mut(),
-            &[("latent", &scaled)],
-            "after the last step",
-        )?,
-        "vae_decoder",
-    )?;
-    if decoded.shape() != [1, 3, height, width] {
-        return Err(Error::graph(
-            "vae_decoder",
-            format!(
-                "image has shape {:?}, expected [1, 3, {height}, {width}]",
-                decoded.shape()
-            ),
-        ));
-    }
+    let decoded = decode(models.vae_decoder.as_mut(), &scaled, (height, width))?;
     timings.vae_decode = started.elapsed();
 
     let started = Instant::now();
-    let unit: Vec<f32> = decoded
-        .as_f32()
-        .expect("f32")
-        .iter()
-        .map(|x| (x / 2.0 + 0.5).clamp(0.0, 1.0))
-        .collect();
-    let image = to_rgb8(&unit, width, height)?;
+    let image = to_rgb8(&decoded, width, height)?;
     timings.to_rgb = started.elapsed();
+    let traffic = match (denoised.traffic, before, models.unet.traffic()) {
+        (Some(t), Some(a), Some(b)) => Some(GenerationTraffic {
+            total: b.since(a),
+            ..t
+        }),
+        _ => None,
+    };
     Ok(Generated {
         image,
-        latents: Tensor::from_f32(latent_shape, latents)?,
-        image_f32: Tensor::from_f32(vec![1, 3, height, width], unit)?,
+        latents: Tensor::from_f32(vec![1, channels, latent.0, latent.1], denoised.latents)?,
+        image_f32: Tensor::from_f32(vec![1, 3, height, width], decoded)?,
         condition,
         timings,
+        traffic,
     })
-}
-
-/// (B, T, D1) and (B, T, D2) -> (B, T, D1 + D2).
-fn side_by_side(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (&[batch, tokens, d1], &[batch_b, tokens_b, d2]) = (a.shape(), b.shape()) else {
-        return Err(Error::graph(
-            "text_encoder",
-            format!(
-                "hidden states {:?} and {:?} are not (batch, tokens, dim)",
-                a.shape(),
-                b.shape()
-            ),
-        ));
-    };
-    if (batch, tokens) != (batch_b, tokens_b) {
-        return Err(Error::graph(
-            "text_encoder_2",
-            format!(
-                "hidden states {:?} do not match text_encoder's {:?}",
-                b.shape(),
-                a.shape()
-            ),
-        ));
-    }
-    let (va, vb) = (a.as_f32().expect("f32"), b.as_f32().expect("f32"));
-    let mut out = Vec::with_capacity(batch * tokens * (d1 + d2));
-    for row in 0..batch * tokens {
-        out.extend_from_slice(&va[row * d1..(row + 1) * d1]);
-        out.extend_from_slice(&vb[row * d2..(row + 1) * d2]);
-    }
-    Tensor::from_f32(vec![batch, tokens, d1 + d2], out)
 }
 
 /// A (3, H, W) planar image in [0, 1] as 8-bit RGB: `x * 255` rounded half away from zero.
@@ -987,6 +838,45 @@ mod tests {
         }
     }
 
+    // Rules of diffusers 0.42.1: `do_classifier_free_guidance` is `guidance_scale > 1`, and
+    // `StableDiffusionXLControlNetPipeline.check_inputs` refuses start >= end, start < 0, end > 1.
+    #[test]
+    fn guidance_mode_and_control_window_follow_diffusers() {
+        let at = |guidance: f64| Params {
+            guidance,
+            ..Params::default()
+        };
+        assert!(at(5.5).do_classifier_free_guidance());
+        assert!(at(1.0001).do_classifier_free_guidance());
+        assert!(!at(1.0).do_classifier_free_guidance());
+        assert!(!at(0.0).do_classifier_free_guidance());
+        let window = |start: f64, end: f64| Params {
+            control_guidance_start: start,
+            control_guidance_end: end,
+            ..Params::default()
+        };
+        assert!(window(0.0, 1.0).check().is_ok());
+        assert!(window(0.3, 0.8).check().is_ok());
+        for (start, end, message) in [
+            (0.5, 0.5, "--control-guidance-start: 0.5 must be below"),
+            (0.8, 0.3, "--control-guidance-start: 0.8 must be below"),
+            (-0.1, 0.5, "--control-guidance-start: -0.1 is not in [0, 1]"),
+            (0.2, 1.1, "--control-guidance-end: 1.1 is not in [0, 1]"),
+            (f64::NAN, 0.5, "--control-guidance-start: NaN"),
+        ] {
+            let err = window(start, end).check().unwrap_err().to_string();
+            assert!(err.starts_with(message), "{err}");
+        }
+        let negative = Params {
+            guidance: 1.0,
+            negative_prompt: "blurry".into(),
+            ..Params::default()
+        };
+        let err = negative.check().unwrap_err().to_string();
+        assert!(err.starts_with("--negative-prompt: is not used"), "{err}");
+        assert!(at(1.0).check().is_ok());
+    }
+
     #[test]
     fn rgb8_rounds_half_away_from_zero_and_clamps() {
         // 0.5/255 -> 0.5 -> 1; 1.5/255 -> 2; 2.5/255 -> 3 (half to even would give 2).
@@ -998,16 +888,5 @@ mod tests {
         let img = to_rgb8(&planar, 6, 1).unwrap();
         let reds: Vec<u8> = img.data().chunks(3).map(|p| p[0]).collect();
         assert_eq!(reds, [1, 2, 3, 0, 255, 255]);
-    }
-
-    // Expected: torch.cat([a, b], dim=-1), as diffusers joins the two encoders' hidden states:
-    // [1, 2, 10, 3, 4, 20] (torch 2.11).
-    #[test]
-    fn hidden_states_are_joined_on_the_feature_axis() {
-        let a = Tensor::from_f32(vec![1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
-        let b = Tensor::from_f32(vec![1, 2, 1], vec![10.0, 20.0]).unwrap();
-        let joined = side_by_side(&a, &b).unwrap();
-        assert_eq!(joined.shape(), [1, 2, 3]);
-        assert_eq!(joined.as_f32().unwrap(), [1.0, 2.0, 10.0, 3.0, 4.0, 20.0]);
     }
 }

@@ -356,11 +356,11 @@ fn normalize(segment: &str) -> String {
     }
 }
 
+/// Largest tokenizer file read, in bytes (CLIP's vocab.json is about 1 MB).
+const MAX_TOKENIZER_FILE_BYTES: u64 = 64 << 20;
+
 fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes).map_err(|e| {
-        Error::invalid_input(path.display().to_string(), format!("not UTF-8 text: {e}"))
-    })
+    crate::fsutil::read_text_limited(path, MAX_TOKENIZER_FILE_BYTES, "tokenizer")
 }
 
 fn parse_vocab(path: &Path, text: &str) -> Result<HashMap<String, u32>> {

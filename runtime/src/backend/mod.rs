@@ -4,6 +4,10 @@
 //! Values passed between graph runs are [`Value`]s: a backend that keeps tensors in device memory
 //! returns [`Value::Device`] outputs that can be fed straight back into the next run without a
 //! host round trip; [`Graph::to_host`] copies one back when the caller needs the numbers.
+//!
+//! A backend with device memory counts the bytes it copies between host and device memory
+//! ([`Traffic`], read with [`Backend::traffic`] or [`Graph::traffic`]), so that the data path of a
+//! pipeline can be checked without a GPU; a backend without device memory (tract) reports `None`.
 
 use std::any::Any;
 use std::path::Path;
@@ -59,6 +63,45 @@ impl From<Tensor> for Value {
     }
 }
 
+/// Bytes copied between host memory and a backend's device memory, by direction, counted from
+/// the tensors' shapes and element sizes (an f32 element is 4 bytes, f16 2, i64 8, i32 4).
+///
+/// Only the copies the backend makes for idpatch are counted: uploads of host tensors, downloads
+/// of outputs to host tensors, and device-to-device copies (the CUDA-graph mode's copies into and
+/// out of its fixed buffers). Copies an execution provider makes inside a graph run (for an input
+/// that one of its CPU nodes reads, say) are not visible here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Traffic {
+    pub host_to_device: u64,
+    pub device_to_host: u64,
+    pub device_to_device: u64,
+}
+
+impl Traffic {
+    /// What was moved between the snapshot `earlier` and this one.
+    pub fn since(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            host_to_device: self.host_to_device.saturating_sub(earlier.host_to_device),
+            device_to_host: self.device_to_host.saturating_sub(earlier.device_to_host),
+            device_to_device: self
+                .device_to_device
+                .saturating_sub(earlier.device_to_device),
+        }
+    }
+}
+
+impl std::ops::Add for Traffic {
+    type Output = Traffic;
+
+    fn add(self, other: Traffic) -> Traffic {
+        Traffic {
+            host_to_device: self.host_to_device + other.host_to_device,
+            device_to_host: self.device_to_host + other.device_to_host,
+            device_to_device: self.device_to_device + other.device_to_device,
+        }
+    }
+}
+
 /// Inputs and outputs a graph file declares, in its own order.
 #[derive(Debug, Clone)]
 pub struct GraphIo {
@@ -78,6 +121,12 @@ pub trait Backend {
     fn to_device(&self, tensor: Tensor) -> Result<Value> {
         Ok(Value::Host(tensor))
     }
+
+    /// Bytes this backend and every graph it loaded have copied so far; `None` for a backend
+    /// without device memory, which copies nothing between memories (tract).
+    fn traffic(&self) -> Option<Traffic> {
+        None
+    }
 }
 
 pub trait Graph: Send {
@@ -88,6 +137,19 @@ pub trait Graph: Send {
     /// Runs the graph. Every declared input must be given by name; outputs come back in the
     /// graph's output order.
     fn run(&mut self, inputs: &[(&str, &Value)]) -> Result<Vec<Value>>;
+
+    /// Moves a host tensor, as it is (cast it to the dtype the graph declares first), into the
+    /// memory this graph's inputs are bound from, once, for a value that several runs (or
+    /// several graphs of the same backend) take. Backends without device memory keep it on the
+    /// host.
+    fn to_device(&self, tensor: Tensor) -> Result<Value> {
+        Ok(Value::Host(tensor))
+    }
+
+    /// [`Backend::traffic`] of the backend that loaded this graph (all its graphs together).
+    fn traffic(&self) -> Option<Traffic> {
+        None
+    }
 
     /// Copies a value (possibly in device memory) to the host.
     fn to_host(&self, value: Value) -> Result<Tensor> {

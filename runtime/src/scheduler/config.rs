@@ -3,6 +3,12 @@
 //! Each scheduler class reads its own subset of keys and has its own defaults (diffusers'
 //! `from_config`): a key the chosen class does not read is ignored, whatever its value, and a
 //! value outside what is supported here is an error naming the key.
+//!
+//! Values are bounded here, for a `--config` file and a set's manifest alike: at most
+//! [`MAX_TRAIN_TIMESTEPS`] training timesteps (the schedule tables are allocated from it), betas
+//! strictly between 0 and 1, `steps_offset` within the training timesteps, and a noise schedule
+//! whose every training sigma is positive and finite (a zero sigma divides, an infinite one
+//! comes from cumulative alphas that underflow).
 
 use std::str::FromStr;
 
@@ -10,6 +16,9 @@ use serde_json::{Map, Value};
 
 use super::SchedulerKind;
 use crate::{Error, Result};
+
+/// Most training timesteps a configuration may give (diffusers' SDXL and SD configs use 1000).
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
 /// The `scheduler/scheduler_config.json` of stabilityai/stable-diffusion-xl-base-1.0, the
 /// configuration ID-Patch runs with.
@@ -161,8 +170,11 @@ impl SchedulerConfig {
         let sigma_schedule = matches!(kind, Euler | DpmSolverMultistep);
 
         let num_train_timesteps = keys.unsigned("num_train_timesteps")?.unwrap_or(1000);
-        if num_train_timesteps < 2 {
-            return Err(keys.error("num_train_timesteps", "must be at least 2"));
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&num_train_timesteps) {
+            return Err(keys.error(
+                "num_train_timesteps",
+                format!("{num_train_timesteps} is not 2 to {MAX_TRAIN_TIMESTEPS}"),
+            ));
         }
         let beta_start = keys.beta("beta_start")?.unwrap_or(0.0001);
         let beta_end = keys.beta("beta_end")?.unwrap_or(0.02);
@@ -198,7 +210,7 @@ impl SchedulerConfig {
                 BetaSchedule::Linear,
             )?,
             timestep_spacing,
-            steps_offset: keys.integer("steps_offset")?.unwrap_or(0),
+            steps_offset: keys.steps_offset(num_train_timesteps)?,
             prediction_type: keys.choice(
                 "prediction_type",
                 &[
@@ -285,7 +297,34 @@ impl SchedulerConfig {
                 }
             }
         }
+        check_noise_levels(&config, &keys)?;
         Ok(config)
+    }
+}
+
+/// Every training sigma `sqrt((1 - alpha_bar) / alpha_bar)` must be positive and finite: the
+/// Euler steps divide by sigma and the Karras and DPM-Solver schedules take its log. Betas that
+/// round to 0 in float32 give a zero sigma; large betas over many timesteps drive the float32
+/// cumulative product to 0 and the sigma to infinity.
+fn check_noise_levels(config: &SchedulerConfig, keys: &Keys) -> Result<()> {
+    let alphas_cumprod = super::numeric::alphas_cumprod(config);
+    let sigmas = super::numeric::train_sigmas(&alphas_cumprod);
+    match sigmas.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
+        None => Ok(()),
+        Some(t) => Err(keys.error(
+            "beta_start",
+            format!(
+                "with beta_end {} ({} over {} timesteps) the noise level at training timestep \
+                 {t} is {}; it must be positive and finite",
+                config.beta_end,
+                match config.beta_schedule {
+                    BetaSchedule::Linear => "linear",
+                    BetaSchedule::ScaledLinear => "scaled_linear",
+                },
+                config.num_train_timesteps,
+                sigmas[t]
+            ),
+        )),
     }
 }
 
@@ -355,11 +394,26 @@ impl Keys<'_> {
     fn beta(&self, key: &str) -> Result<Option<f64>> {
         let value = self.number(key)?;
         if let Some(v) = value {
-            if !(0.0..1.0).contains(&v) {
-                return Err(self.error(key, format!("{v} is not in [0, 1)")));
+            if !(v > 0.0 && v < 1.0) {
+                return Err(self.error(key, format!("{v} is not in (0, 1)")));
             }
         }
         Ok(value)
+    }
+
+    /// `steps_offset` (default 0) must be a training timestep: 0 to `num_train_timesteps - 1`.
+    fn steps_offset(&self, num_train_timesteps: usize) -> Result<i64> {
+        let offset = self.integer("steps_offset")?.unwrap_or(0);
+        if usize::try_from(offset).map_or(true, |o| o >= num_train_timesteps) {
+            return Err(self.error(
+                "steps_offset",
+                format!(
+                    "{offset} is not a training timestep (0 to {})",
+                    num_train_timesteps - 1
+                ),
+            ));
+        }
+        Ok(offset)
     }
 
     fn integer(&self, key: &str) -> Result<Option<i64>> {
@@ -450,6 +504,71 @@ fn quote_non_finite_literals(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn error_of(text: &str) -> String {
+        match SchedulerConfig::from_json_str(text, None, "c.json") {
+            Ok(config) => panic!("{text} accepted: {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn sizes_and_betas_that_would_break_the_schedule_are_refused() {
+        let cases = [
+            // 8 PB of f64 tables if it were allocated.
+            (
+                r#"{"num_train_timesteps": 1000000000000000}"#,
+                "c.json num_train_timesteps: 1000000000000000 is not 2 to 100000",
+            ),
+            (
+                r#"{"num_train_timesteps": 1}"#,
+                "c.json num_train_timesteps: 1 is not 2 to 100000",
+            ),
+            (
+                r#"{"beta_start": 0.0}"#,
+                "c.json beta_start: 0 is not in (0, 1)",
+            ),
+            (
+                r#"{"beta_end": NaN}"#,
+                "c.json beta_end: NaN is not in (0, 1)",
+            ),
+            (
+                r#"{"beta_end": -Infinity}"#,
+                "c.json beta_end: -inf is not in (0, 1)",
+            ),
+            (
+                r#"{"steps_offset": 1000}"#,
+                "c.json steps_offset: 1000 is not a training timestep (0 to 999)",
+            ),
+            (
+                r#"{"steps_offset": -9223372036854775808}"#,
+                "c.json steps_offset: -9223372036854775808 is not a training timestep",
+            ),
+            // float32(1 - 1e-12) == 1: alpha_bar 1, sigma 0 at the first training timestep.
+            (
+                r#"{"beta_start": 1e-12, "beta_end": 1e-12}"#,
+                "c.json beta_start: with beta_end 0.000000000001 (linear over 1000 timesteps) \
+                 the noise level at training timestep 0 is 0",
+            ),
+            // alpha_bar underflows float32 long before 100000 steps of beta 0.9: sigma infinite.
+            (
+                r#"{"beta_start": 0.9, "beta_end": 0.9, "num_train_timesteps": 100000}"#,
+                "is inf; it must be positive and finite",
+            ),
+        ];
+        for (text, needle) in cases {
+            let message = error_of(text);
+            assert!(
+                message.contains(needle),
+                "{text}: {needle:?} not in {message:?}"
+            );
+        }
+        // The largest table is built when its noise levels stay finite (the default betas
+        // over 100000 steps drive alpha_bar to 0 near step 29333).
+        let text = r#"{"num_train_timesteps": 100000, "beta_end": 0.0002}"#;
+        let config = SchedulerConfig::from_json_str(text, None, "c.json").unwrap();
+        assert_eq!(config.num_train_timesteps, MAX_TRAIN_TIMESTEPS);
+    }
 
     #[test]
     fn non_finite_literals_outside_strings_are_quoted() {

@@ -7,13 +7,14 @@ use idpatch::bench::{
     PipelineStats, Stats, SynthSize,
 };
 use idpatch::detect::people;
-use idpatch::layout::Layout;
+use idpatch::layout::{Layout, MAX_PEOPLE, MAX_SIDE};
 use idpatch::manifest::{Checksums, ModelSet, Role};
-use idpatch::pipeline::{self, check_image_sides, Params};
+use idpatch::pipeline::{self, check_image_sides, Params, MAX_STEPS};
 use idpatch::Error;
 use serde_json::json;
 
-use crate::backend_args::BackendArgs;
+use crate::backend_args::{BackendArgs, Provider};
+use crate::output::outln;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum InputSource {
@@ -47,6 +48,18 @@ pub struct Args {
     /// With --pipeline: denoising steps (default 50).
     #[arg(long)]
     steps: Option<usize>,
+    /// With --pipeline: classifier-free guidance scale (default 5.5); at 1 or below the graphs
+    /// run on the prompt alone (batch 1).
+    #[arg(long, allow_negative_numbers = true)]
+    guidance: Option<f64>,
+    /// With --pipeline: diffusers' control_guidance_start (default 0): the ControlNet is skipped
+    /// on step i of N unless i/N >= this.
+    #[arg(long, allow_negative_numbers = true)]
+    control_guidance_start: Option<f64>,
+    /// With --pipeline: diffusers' control_guidance_end (default 1): the ControlNet is skipped on
+    /// step i of N unless (i+1)/N <= this.
+    #[arg(long, allow_negative_numbers = true)]
+    control_guidance_end: Option<f64>,
     /// Untimed runs before timing (default 3; 1 with --pipeline).
     #[arg(long)]
     warmup: Option<usize>,
@@ -73,7 +86,9 @@ pub struct Args {
     /// Run two configurations side by side and print the ratio of medians (first / second;
     /// with --pipeline, of the total medians). Each is a backend (tract, ort-cpu, ort-cuda,
     /// ort-tensorrt, ort-auto) run on --models, or a set directory run on --backend (e.g. an
-    /// FP16 and an FP32 export).
+    /// FP16 and an FP32 export). ONNX Runtime flags go to the configurations that honour them;
+    /// one that neither honours is an error, and so are --backend and --ep when both labels are
+    /// backends.
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     compare: Vec<String>,
     /// One JSON object per line: per graph and configuration, then per graph the ratio when
@@ -81,15 +96,33 @@ pub struct Args {
     /// rust_owned_share, ...), then the ratio of total medians when comparing.
     #[arg(long)]
     json: bool,
-    /// Hash the graph files against the manifest before timing (off: a full-size set is ~10 GB).
+    /// Do not verify the set's files against the manifest's sha256 (verified files are cached,
+    /// so only the first run after a change reads a full set).
     #[arg(long)]
-    verify_checksums: bool,
+    skip_checksums: bool,
 }
 
 struct Config {
+    /// What was asked for: a backend label or a set directory.
     label: String,
+    /// Whether `label` names a backend (then tables show the provider it got).
+    backend_label: bool,
+    args: BackendArgs,
     backend: Box<dyn Backend>,
     set: ModelSet,
+}
+
+impl Config {
+    /// The label for tables and JSON: `ort-auto` shows the provider it settled on once a graph
+    /// has loaded (`ort-auto (ort-cpu)`).
+    fn shown(&self) -> String {
+        let name = self.backend.name();
+        if self.backend_label && name != self.label {
+            format!("{} ({name})", self.label)
+        } else {
+            self.label.clone()
+        }
+    }
 }
 
 struct Timing {
@@ -126,6 +159,17 @@ fn check_combinations(args: &Args) -> Result<(), Error> {
         &[
             (args.layout.is_some(), "--layout", "needs --pipeline"),
             (args.steps.is_some(), "--steps", "needs --pipeline"),
+            (args.guidance.is_some(), "--guidance", "needs --pipeline"),
+            (
+                args.control_guidance_start.is_some(),
+                "--control-guidance-start",
+                "needs --pipeline",
+            ),
+            (
+                args.control_guidance_end.is_some(),
+                "--control-guidance-end",
+                "needs --pipeline",
+            ),
         ]
     };
     match conflicts.iter().find(|(given, ..)| *given) {
@@ -138,49 +182,74 @@ fn check_combinations(args: &Args) -> Result<(), Error> {
     }
 }
 
+/// Most untimed runs accepted.
+const MAX_WARMUP: usize = 1_000;
+/// Most timed runs accepted (every sample is kept for the percentiles).
+const MAX_RUNS: usize = 100_000;
+
+/// Range checks of the size and count flags, before anything is allocated from them: people as
+/// a layout allows, sides as the largest layout side (the multiple the set needs is checked
+/// with the set), steps as `generate` takes them.
+fn check_bounds(args: &Args) -> Result<(), Error> {
+    let max_side = MAX_SIDE as usize;
+    let ranges = [
+        ("--people", args.people, 1, MAX_PEOPLE),
+        ("--height", args.height, 1, max_side),
+        ("--width", args.width, 1, max_side),
+        ("--warmup", args.warmup, 0, MAX_WARMUP),
+        ("--runs", args.runs, 1, MAX_RUNS),
+        ("--steps", args.steps, 1, MAX_STEPS),
+    ];
+    for (flag, value, lo, hi) in ranges {
+        if let Some(v) = value.filter(|v| !(lo..=hi).contains(v)) {
+            return Err(Error::invalid_input(
+                flag,
+                format!("must be at least {lo} and at most {hi}, got {v}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `--sequence`: at most the text tokens plus the ID tokens of the most people a layout holds.
+fn check_sequence(sequence: Option<usize>, configs: &[Config]) -> Result<(), Error> {
+    let Some(sequence) = sequence else {
+        return Ok(());
+    };
+    for config in configs {
+        let c = &config.set.manifest.config;
+        let max = c.text_len + c.id_tokens_per_face * MAX_PEOPLE;
+        if !(1..=max).contains(&sequence) {
+            return Err(Error::invalid_input(
+                "--sequence",
+                format!(
+                    "must be at least 1 and at most {max} ({} text tokens + {} ID tokens for \
+                     each of at most {MAX_PEOPLE} people), got {sequence}",
+                    c.text_len, c.id_tokens_per_face
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     check_combinations(&args)?;
-    let checksums = if args.verify_checksums {
-        Checksums::Verify
-    } else {
-        Checksums::Skip
-    };
-    let open = |dir: &Path| ModelSet::open(dir, checksums);
-    let configs: Vec<Config> = if args.compare.is_empty() {
+    check_bounds(&args)?;
+    let configs = if args.compare.is_empty() {
+        args.backend.check()?;
+        let checksums = Checksums::from_skip_flag(args.skip_checksums);
         vec![Config {
             label: args.backend.label(),
+            backend_label: true,
+            args: args.backend.clone(),
             backend: args.backend.make()?,
-            set: open(&args.models)?,
+            set: ModelSet::open(&args.models, checksums)?,
         }]
     } else {
-        let mut configs = Vec::new();
-        for label in &args.compare {
-            let config = if let Some(backend) = args.backend.with_label(label) {
-                Config {
-                    label: label.clone(),
-                    backend: backend.make()?,
-                    set: open(&args.models)?,
-                }
-            } else if Path::new(label).is_dir() {
-                Config {
-                    label: label.clone(),
-                    backend: args.backend.make()?,
-                    set: open(Path::new(label))?,
-                }
-            } else {
-                return Err(Error::invalid_input(
-                    "--compare",
-                    format!(
-                        "{label:?} is neither a backend (tract, ort-cpu, ort-cuda, ort-tensorrt, \
-                         ort-auto) nor a graph set directory"
-                    ),
-                )
-                .into());
-            };
-            configs.push(config);
-        }
-        configs
+        compare_configs(&args)?
     };
+    check_sequence(args.sequence, &configs)?;
     if args.pipeline {
         return run_pipeline(&args, &configs);
     }
@@ -203,20 +272,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     if !args.json {
-        println!(
+        outln!(
             "{:<15} {:<22} {:>10} {:>10} {:>5}  shapes",
-            "graph", "config", "median ms", "p90 ms", "runs"
-        );
+            "graph",
+            "config",
+            "median ms",
+            "p90 ms",
+            "runs"
+        )?;
     }
     for role in roles {
         let mut medians = Vec::new();
         for config in &configs {
             let timing = time_one(config, role, source, &size, &args, warmup, runs)?;
+            config.args.check_resolved(config.backend.as_ref())?;
             medians.push(timing.stats.median_ms);
             if args.json {
                 let line = json!({
                     "graph": role.name(),
-                    "config": config.label,
+                    "config": config.shown(),
                     "backend": config.backend.name(),
                     "ep": timing.ep,
                     "precision": timing.precision,
@@ -229,22 +303,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "warmup": warmup,
                     "shapes": timing.shapes,
                 });
-                println!("{line}");
+                outln!("{line}")?;
             } else {
                 let shapes: Vec<String> = timing
                     .shapes
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
-                println!(
+                outln!(
                     "{:<15} {:<22} {:>10.3} {:>10.3} {:>5}  {}",
                     role.name(),
-                    config.label,
+                    config.shown(),
                     timing.stats.median_ms,
                     timing.stats.p90_ms,
                     timing.stats.runs,
                     shapes.join(" ")
-                );
+                )?;
             }
         }
         if let [a, b] = medians[..] {
@@ -252,21 +326,96 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if args.json {
                 let line = json!({
                     "graph": role.name(),
-                    "compare": [configs[0].label, configs[1].label],
+                    "compare": [configs[0].shown(), configs[1].shown()],
                     "ratio_of_medians": ratio,
                 });
-                println!("{line}");
+                outln!("{line}")?;
             } else {
-                println!(
+                outln!(
                     "{:<15} {:<22} {:>10.3}",
                     role.name(),
                     "ratio of medians",
                     ratio
-                );
+                )?;
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The two configurations of `--compare`. A backend label sets the backend and provider of its
+/// configuration, so `--backend` and `--ep` must then serve a set-directory label; ONNX Runtime
+/// flags go to the configurations that honour them, and one that neither honours is an error.
+fn compare_configs(args: &Args) -> anyhow::Result<Vec<Config>> {
+    let mut planned = Vec::new();
+    for label in &args.compare {
+        if let Some(ep) = label.strip_prefix("ort-") {
+            Provider::parse(ep).map_err(|e| match e {
+                Error::InvalidInput { reason, .. } => Error::invalid_input("--compare", reason),
+                other => other,
+            })?;
+        }
+        let (asked, backend_label) = if let Some(asked) = args.backend.with_label(label) {
+            (asked, true)
+        } else if Path::new(label).is_dir() {
+            (args.backend.clone(), false)
+        } else {
+            return Err(Error::invalid_input(
+                "--compare",
+                format!(
+                    "{label:?} is neither a backend (tract, ort-cpu, ort-cuda, ort-tensorrt, \
+                     ort-auto) nor a graph set directory"
+                ),
+            )
+            .into());
+        };
+        let (config_args, skipped) = asked.split_unhonoured()?;
+        planned.push((label, backend_label, config_args, skipped));
+    }
+    if planned
+        .iter()
+        .all(|(.., backend_label, _, _)| *backend_label)
+    {
+        let given = [
+            ("--backend", args.backend.backend.is_some()),
+            ("--ep", args.backend.ep.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(Error::invalid_input(
+                *flag,
+                "--compare names the backend of both configurations",
+            )
+            .into());
+        }
+    }
+    if let Some(flag) = planned[0].3.iter().find(|f| planned[1].3.contains(f)) {
+        let names: Vec<&str> = planned.iter().map(|p| p.0.as_str()).collect();
+        return Err(Error::invalid_input(
+            *flag,
+            format!(
+                "neither compared configuration ({}) can honour it",
+                names.join(", ")
+            ),
+        )
+        .into());
+    }
+    let checksums = Checksums::from_skip_flag(args.skip_checksums);
+    let mut configs = Vec::new();
+    for (label, backend_label, config_args, _) in planned {
+        let dir = if backend_label {
+            &args.models
+        } else {
+            Path::new(label)
+        };
+        configs.push(Config {
+            label: label.clone(),
+            backend_label,
+            backend: config_args.make()?,
+            args: config_args,
+            set: ModelSet::open(dir, checksums)?,
+        });
+    }
+    Ok(configs)
 }
 
 fn time_one(
@@ -322,10 +471,18 @@ fn time_one(
 /// `--pipeline`: every configuration over the same layout, then the ratio of total medians.
 fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
     let (warmup, runs) = (args.warmup.unwrap_or(1), args.runs.unwrap_or(3));
+    let defaults = Params::default();
     let params = Params {
         prompt: "a group photo".into(),
-        steps: args.steps.unwrap_or(Params::default().steps),
-        ..Params::default()
+        steps: args.steps.unwrap_or(defaults.steps),
+        guidance: args.guidance.unwrap_or(defaults.guidance),
+        control_guidance_start: args
+            .control_guidance_start
+            .unwrap_or(defaults.control_guidance_start),
+        control_guidance_end: args
+            .control_guidance_end
+            .unwrap_or(defaults.control_guidance_end),
+        ..defaults
     };
     params.check()?;
     let (layout, faces, layout_name) = match &args.layout {
@@ -353,72 +510,119 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
                     ],
                 )?;
             }
-            let faces = vec![synth_face(); layout.people.len()];
+            let faces = vec![synth_face()?; layout.people.len()];
             (layout, Some(faces), "synth".to_string())
         }
     };
     let mut results: Vec<PipelineStats> = Vec::new();
     for config in configs {
-        // ModelSet is not Clone: reopen it (cheap: the manifest only, checksums already checked).
-        let set = ModelSet::open(&config.set.dir, Checksums::Skip)?;
         let stats = time_pipeline(
             config.backend.as_ref(),
-            set,
+            config.set.clone(),
             &layout,
             &params,
             faces.as_deref(),
             warmup,
             runs,
         )?;
+        config.args.check_resolved(config.backend.as_ref())?;
         if args.json {
-            let stages: serde_json::Map<String, serde_json::Value> = stats
-                .stages
-                .iter()
-                .map(|(name, s)| (name.to_string(), timing_json(s)))
-                .collect();
-            let line = json!({
-                "config": config.label,
-                "backend": config.backend.name(),
-                "models": config.set.dir.display().to_string(),
-                "layout": layout_name,
-                "size": {"height": layout.height, "width": layout.width},
-                "people": layout.people.len(),
-                "steps": params.steps,
-                "runs": runs,
-                "warmup": warmup,
-                "stages": stages,
-                "total": timing_json(&stats.total),
-                "rust_owned_share": stats.rust_owned_share(),
-                "first_runs": timing_json(&stats.first_runs),
-                "load_graphs_ms": stats.load_graphs_ms,
-            });
-            println!("{line}");
+            let line = pipeline_json(config, &stats, &layout, &layout_name, &params, runs, warmup);
+            outln!("{line}")?;
         }
         results.push(stats);
     }
     if !args.json {
-        print_pipeline_table(configs, &results, &layout, &layout_name, &params, runs);
+        print_pipeline_table(configs, &results, &layout, &layout_name, &params, runs)?;
     }
     if let [a, b] = &results[..] {
         let ratio = a.total.median_ms / b.total.median_ms;
         if args.json {
             let line = json!({
-                "compare": [configs[0].label, configs[1].label],
+                "compare": [configs[0].shown(), configs[1].shown()],
                 "ratio_of_total_medians": ratio,
             });
-            println!("{line}");
+            outln!("{line}")?;
         } else {
-            println!(
+            outln!(
                 "ratio of total medians ({} / {}): {ratio:.3}",
-                configs[0].label, configs[1].label
-            );
+                configs[0].shown(),
+                configs[1].shown()
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// One `--pipeline --json` object: configuration, stages, ControlNet window and traffic.
+fn pipeline_json(
+    config: &Config,
+    stats: &PipelineStats,
+    layout: &Layout,
+    layout_name: &str,
+    params: &Params,
+    runs: usize,
+    warmup: usize,
+) -> serde_json::Value {
+    let stages: serde_json::Map<String, serde_json::Value> = stats
+        .stages
+        .iter()
+        .map(|(name, s)| (name.to_string(), timing_json(s)))
+        .collect();
+    let traffic = stats
+        .traffic
+        .as_ref()
+        .map(|t| json!({"constants": t.constants, "per_step": t.steps, "total": t.total}));
+    json!({
+        "config": config.shown(),
+        "backend": config.backend.name(),
+        "models": config.set.dir.display().to_string(),
+        "layout": layout_name,
+        "size": {"height": layout.height, "width": layout.width},
+        "people": layout.people.len(),
+        "steps": params.steps,
+        "guidance": params.guidance,
+        "batch": if params.do_classifier_free_guidance() { 2 } else { 1 },
+        "control_guidance_start": params.control_guidance_start,
+        "control_guidance_end": params.control_guidance_end,
+        "runs": runs,
+        "warmup": warmup,
+        "stages": stages,
+        "total": timing_json(&stats.total),
+        "rust_owned_share": stats.rust_owned_share(),
+        "first_runs": timing_json(&stats.first_runs),
+        "load_graphs_ms": stats.load_graphs_ms,
+        "controlnet": {
+            "calls": stats.controlnet_calls,
+            "skipped": stats.controlnet_skipped,
+            "saved": stats.controlnet_saved.as_ref().map(timing_json),
+        },
+        "traffic": traffic,
+    })
+}
+
 fn timing_json(stats: &Stats) -> serde_json::Value {
     json!({"median_ms": stats.median_ms, "p90_ms": stats.p90_ms})
+}
+
+/// Per configuration: the steps the control guidance window skipped and the bytes moved.
+fn print_window_and_traffic(configs: &[Config], results: &[PipelineStats]) -> anyhow::Result<()> {
+    for (config, stats) in configs.iter().zip(results) {
+        if stats.controlnet_skipped > 0 {
+            outln!(
+                "{}: controlnet skipped on {} of {} steps (control guidance window)",
+                config.shown(),
+                stats.controlnet_skipped,
+                stats.controlnet_skipped + stats.controlnet_calls
+            )?;
+        }
+        if let Some(traffic) = &stats.traffic {
+            for line in traffic.summary().lines() {
+                outln!("{}: {line}", config.shown())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One row per stage, a median and p90 column pair per configuration.
@@ -429,49 +633,66 @@ fn print_pipeline_table(
     layout_name: &str,
     params: &Params,
     runs: usize,
-) {
-    println!(
-        "pipeline: {}x{} (width x height), {} people, {} steps, layout {layout_name}, {runs} runs",
+) -> anyhow::Result<()> {
+    outln!(
+        "pipeline: {}x{} (width x height), {} people, {} steps, guidance {} (batch {}), \
+         control guidance [{}, {}], layout {layout_name}, {runs} runs",
         layout.width,
         layout.height,
         layout.people.len(),
-        params.steps
-    );
+        params.steps,
+        params.guidance,
+        if params.do_classifier_free_guidance() {
+            2
+        } else {
+            1
+        },
+        params.control_guidance_start,
+        params.control_guidance_end,
+    )?;
     let mut header = format!("{:<28}", "stage");
     for config in configs {
         header.push_str(&format!(
             " {:>14} {:>10}",
-            format!("{} median ms", config.label),
+            format!("{} median ms", config.shown()),
             "p90 ms"
         ));
     }
-    println!("{header}");
+    outln!("{header}")?;
     let row = |name: &str, pick: &dyn Fn(&PipelineStats) -> (f64, f64)| {
         let mut line = format!("{name:<28}");
         for stats in results {
             let (median, p90) = pick(stats);
             line.push_str(&format!(" {median:>14.3} {p90:>10.3}"));
         }
-        println!("{line}");
+        outln!("{line}")
     };
     for (i, (name, _)) in results[0].stages.iter().enumerate() {
-        row(name, &|s| (s.stages[i].1.median_ms, s.stages[i].1.p90_ms));
+        row(name, &|s| (s.stages[i].1.median_ms, s.stages[i].1.p90_ms))?;
     }
-    row("total", &|s| (s.total.median_ms, s.total.p90_ms));
+    row("total", &|s| (s.total.median_ms, s.total.p90_ms))?;
     row("  first runs (in cn + unet)", &|s| {
         (s.first_runs.median_ms, s.first_runs.p90_ms)
-    });
+    })?;
     row("load graphs (once)", &|s| {
         (s.load_graphs_ms, s.load_graphs_ms)
-    });
+    })?;
+    if results.iter().any(|s| s.controlnet_skipped > 0) {
+        row("  controlnet saved (window)", &|s| {
+            s.controlnet_saved
+                .as_ref()
+                .map_or((0.0, 0.0), |t| (t.median_ms, t.p90_ms))
+        })?;
+    }
+    print_window_and_traffic(configs, results)?;
     let shares: Vec<String> = configs
         .iter()
         .zip(results)
-        .map(|(c, s)| format!("{} {:.2}%", c.label, 100.0 * s.rust_owned_share()))
+        .map(|(c, s)| format!("{} {:.2}%", c.shown(), 100.0 * s.rust_owned_share()))
         .collect();
-    println!(
+    outln!(
         "Rust-owned share of the median total (faces, tokenize, condition, scheduler + CFG, \
          to RGB8): {}",
         shares.join(", ")
-    );
+    )
 }

@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use idpatch::backend::load_checked;
@@ -6,10 +6,9 @@ use idpatch::condition::{self, ConditionOptions};
 use idpatch::detect::people;
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet, Role};
-use idpatch::{fsutil, npy, pipeline};
+use idpatch::{fsutil, npy, pipeline, Error};
 
 use crate::backend_args::BackendArgs;
-use crate::generate::check_output;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,12 +19,17 @@ pub struct Args {
     /// computing them from the faces.
     #[arg(long)]
     patches: Option<PathBuf>,
-    /// Graph set directory (holding manifest.json), for computing patches from the faces.
-    #[arg(long, default_value = "models/tiny")]
-    models: PathBuf,
-    /// Backend that runs arcface and patch_proj when the patches come from the faces.
+    /// Graph set directory (holding manifest.json), for computing patches from the faces
+    /// [default: models/tiny]; not with --patches.
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Backend that runs arcface and patch_proj when the patches come from the faces (not with
+    /// --patches, where no graph runs).
     #[command(flatten)]
     backend: BackendArgs,
+    /// Do not verify the set's files against the manifest's sha256; not with --patches.
+    #[arg(long)]
+    skip_checksums: bool,
     /// Condition preview PNG (values clamped to [0, 1]).
     #[arg(long)]
     out: PathBuf,
@@ -38,12 +42,36 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    check_output("--out", &args.out)?;
-    if let Some(raw) = &args.raw {
-        check_output("--raw", raw)?;
+    if args.patches.is_some() {
+        // No graph runs: flags about the set or the backend would be silently ignored.
+        let set_flags = [
+            ("--models", args.models.is_some()),
+            ("--backend", args.backend.backend.is_some()),
+            ("--skip-checksums", args.skip_checksums),
+        ];
+        let given = set_flags
+            .iter()
+            .filter(|(_, given)| *given)
+            .map(|(f, _)| *f);
+        if let Some(flag) = given.chain(args.backend.ort_flags()).next() {
+            return Err(Error::invalid_input(
+                flag,
+                "cannot be combined with --patches (no graph runs; the patches are given)",
+            )
+            .into());
+        }
+    } else {
+        args.backend.check()?;
     }
     // Face photos are only needed when the patches are computed from them.
     let layout = Layout::load(&args.layout, args.patches.is_none())?;
+    let mut outputs = vec![("--out", args.out.as_path())];
+    outputs.extend(args.raw.as_deref().map(|p| ("--raw", p)));
+    let mut inputs = vec![("--layout", args.layout.as_path())];
+    inputs.extend(args.patches.as_deref().map(|p| ("--patches", p)));
+    let faces = layout.face_inputs();
+    inputs.extend(faces.iter().map(|(name, p)| (name.as_str(), *p)));
+    fsutil::check_outputs(&outputs, &inputs)?;
     let patches = match &args.patches {
         Some(path) => {
             let patches = npy::read(path)?;
@@ -51,13 +79,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             patches
         }
         None => {
-            let set = ModelSet::open(&args.models, Checksums::Skip)?;
+            let models = args.models.as_deref().unwrap_or(Path::new("models/tiny"));
+            let set = ModelSet::open(models, Checksums::from_skip_flag(args.skip_checksums))?;
             let images = pipeline::load_face_images(&layout)?;
             let backend = args.backend.make()?;
             let mut layout = layout.clone();
             people::resolve_faces(&mut layout, &images, backend.as_ref(), &set)?;
             let faces = pipeline::face_batch_with(&layout, Some(&images))?;
             let mut arcface = load_checked(backend.as_ref(), &set, Role::Arcface)?;
+            args.backend.check_resolved(backend.as_ref())?;
             let mut patch_proj = load_checked(backend.as_ref(), &set, Role::PatchProj)?;
             let embeddings = pipeline::id_embeddings(arcface.as_mut(), &faces)?;
             pipeline::id_patches(patch_proj.as_mut(), &embeddings)?
@@ -70,9 +100,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tensor = condition::condition_tensor(&layout, &patches, &options)?;
     let png = condition::preview_png(&tensor)?;
 
-    fsutil::write_atomic(&args.out, &png)?;
-    if let Some(raw) = &args.raw {
-        npy::write(raw, &tensor)?;
-    }
+    // Both outputs appear together or not at all.
+    let raw = args
+        .raw
+        .as_ref()
+        .map(|path| (path.as_path(), npy::to_bytes(&tensor)));
+    let mut files: Vec<(&Path, &[u8])> = vec![(&args.out, &png)];
+    files.extend(raw.iter().map(|(path, bytes)| (*path, bytes.as_slice())));
+    fsutil::write_all_atomic(&files)?;
     Ok(ExitCode::SUCCESS)
 }

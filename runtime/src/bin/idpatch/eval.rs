@@ -14,6 +14,7 @@ use idpatch::{image_io, pipeline, Error, Tensor};
 use serde_json::json;
 
 use crate::backend_args::BackendArgs;
+use crate::output::outln;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,6 +33,10 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     backend: BackendArgs,
+    /// Do not verify the set's files against the manifest's sha256 (verified files are cached,
+    /// so only the first run after a change reads a full set).
+    #[arg(long)]
+    skip_checksums: bool,
 }
 
 /// A layout with its reference embeddings (F, 1, D).
@@ -41,10 +46,12 @@ struct References {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    args.backend.check()?;
     let pairs = pairs(&args.image, &args.layout)?;
-    let set = ModelSet::open(&args.models, Checksums::Skip)?;
+    let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
     let backend = args.backend.make()?;
     let mut detector = Detector::load(backend.as_ref(), &set, DetectorOptions::default())?;
+    args.backend.check_resolved(backend.as_ref())?;
     let mut arcface = load_checked(backend.as_ref(), &set, Role::Arcface)?;
 
     let mut references: BTreeMap<PathBuf, References> = BTreeMap::new();
@@ -69,20 +76,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             &name,
         )?;
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 image_json(image_path, layout_path, &refs.layout, &score)
-            );
+            )?;
         } else {
-            print_image(image_path, layout_path, &refs.layout, &score);
+            print_image(image_path, layout_path, &refs.layout, &score)?;
         }
         scores.push(score);
     }
     let summary = Summary::of(&scores);
     if args.json {
-        println!("{}", summary_json(&summary));
+        outln!("{}", summary_json(&summary))?;
     } else {
-        print_summary(&summary);
+        print_summary(&summary)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -207,16 +214,21 @@ fn summary_json(s: &Summary) -> String {
     .to_string()
 }
 
-fn print_image(image: &Path, layout_path: &Path, layout: &Layout, score: &ImageScore) {
-    println!(
+fn print_image(
+    image: &Path,
+    layout_path: &Path,
+    layout: &Layout,
+    score: &ImageScore,
+) -> anyhow::Result<()> {
+    outln!(
         "{} (layout {}): {} people, {} face{} detected",
         image.display(),
         layout_path.display(),
         score.people.len(),
         score.detected,
         if score.detected == 1 { "" } else { "s" }
-    );
-    println!("person  reference             similarity  best match  max other");
+    )?;
+    outln!("person  reference             similarity  best match  max other")?;
     for p in &score.people {
         let reference = face_name(layout, p.index);
         match (p.similarity(), p.best_match()) {
@@ -229,16 +241,16 @@ fn print_image(image: &Path, layout_path: &Path, layout: &Layout, score: &ImageS
                 let other = p
                     .max_leakage()
                     .map_or_else(|| "-".into(), |v| format!("{v:.4}"));
-                println!(
+                outln!(
                     "{:<7} {reference:<21} {own:<11.4} {best:<11} {other}",
                     p.index
-                );
+                )?;
             }
-            _ => println!("{:<7} {reference:<21} missing", p.index),
+            _ => outln!("{:<7} {reference:<21} missing", p.index)?,
         }
     }
     let s = Summary::of(std::slice::from_ref(score));
-    println!("{}\n", summary_line(&s));
+    outln!("{}\n", summary_line(&s))
 }
 
 fn summary_line(s: &Summary) -> String {
@@ -252,14 +264,14 @@ fn summary_line(s: &Summary) -> String {
     )
 }
 
-fn print_summary(s: &Summary) {
+fn print_summary(s: &Summary) -> anyhow::Result<()> {
     let leakage = s.leakage.map_or_else(|| "-".into(), |v| format!("{v:.4}"));
-    println!(
+    outln!(
         "average over {} image{}, {} people: {}  leakage {leakage}",
         s.images,
         if s.images == 1 { "" } else { "s" },
         s.people,
         summary_line(s)
-    );
-    println!("(the ID-Patch paper, 2 to 5 people: Face Sim 0.72, ID-Pos Acc 94.3%)");
+    )?;
+    outln!("(the ID-Patch paper, 2 to 5 people: Face Sim 0.72, ID-Pos Acc 94.3%)")
 }

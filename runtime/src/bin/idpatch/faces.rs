@@ -8,6 +8,7 @@ use idpatch::image_io;
 use idpatch::manifest::{Checksums, ModelSet};
 
 use crate::backend_args::BackendArgs;
+use crate::output::{note, outln};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,6 +26,10 @@ pub struct Args {
     models: PathBuf,
     #[command(flatten)]
     backend: BackendArgs,
+    /// Do not verify the set's files against the manifest's sha256 (verified files are cached,
+    /// so only the first run after a change reads a full set).
+    #[arg(long)]
+    skip_checksums: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -33,17 +38,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..DetectorOptions::default()
     };
     options.check()?;
+    args.backend.check()?;
     let img = image_io::load_rgb8(&args.image)?;
-    let set = ModelSet::open(&args.models, Checksums::Skip)?;
+    let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
     let backend = args.backend.make()?;
     let mut detector = Detector::load(backend.as_ref(), &set, options)?;
+    args.backend.check_resolved(backend.as_ref())?;
     let faces = detector.detect(&img)?;
     if args.json {
         for face in &faces {
-            println!("{}", face.to_json());
+            outln!("{}", face.to_json())?;
         }
     } else {
-        println!("face  score   box x1, y1, x2, y2            landmarks: left eye, right eye, nose, mouth left, mouth right");
+        outln!("face  score   box x1, y1, x2, y2            landmarks: left eye, right eye, nose, mouth left, mouth right")?;
         for (i, face) in faces.iter().enumerate() {
             let [x1, y1, x2, y2] = face.bbox;
             let points: Vec<String> = face
@@ -51,15 +58,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|[x, y]| format!("({x:.1}, {y:.1})"))
                 .collect();
-            println!(
+            outln!(
                 "{i:<5} {:.4}  {x1:>6.1} {y1:>6.1} {x2:>6.1} {y2:>6.1}   {}",
                 face.score,
                 points.join(" ")
-            );
+            )?;
         }
     }
     let t = detector.last_timings();
-    eprintln!(
+    note!(
         "{} face{} in {} ({}x{}): {:.3} s ({:.3} s in the graphs)",
         faces.len(),
         if faces.len() == 1 { "" } else { "s" },

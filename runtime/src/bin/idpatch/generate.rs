@@ -11,9 +11,10 @@ use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet};
 use idpatch::pipeline::{self, Models, Params, Tokenizers};
 use idpatch::scheduler::SchedulerKind;
-use idpatch::{npy, Error};
+use idpatch::{fsutil, npy, Error};
 
 use crate::backend_args::BackendArgs;
+use crate::output::{note, note_inline};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,7 +33,8 @@ pub struct Args {
     /// Denoising steps (1 to 1000).
     #[arg(long, default_value_t = 50)]
     steps: usize,
-    /// Classifier-free guidance scale (>= 0; 1 means the prompt alone).
+    /// Classifier-free guidance scale (>= 0). Above 1 the graphs run on [negative, prompt];
+    /// at 1 or below on the prompt alone (batch 1, half the work; no --negative-prompt then).
     #[arg(long, default_value_t = 5.5, allow_negative_numbers = true)]
     guidance: f64,
     /// ControlNet conditioning scale.
@@ -41,6 +43,14 @@ pub struct Args {
     /// Share of the steps (the last ones) that see the ID tokens, in [0, 1].
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     id_injection_ratio: f64,
+    /// Fraction of the schedule before which the ControlNet is skipped (diffusers'
+    /// control_guidance_start): step i of N runs it only when i/N >= this, in [0, 1).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    control_guidance_start: f64,
+    /// Fraction of the schedule after which the ControlNet is skipped (diffusers'
+    /// control_guidance_end): step i of N runs it only when (i+1)/N <= this, in (start, 1].
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    control_guidance_end: f64,
     /// euler, euler-a, ddim or dpmpp-2m (default: the set's scheduler config, Euler for SDXL).
     #[arg(long)]
     scheduler: Option<String>,
@@ -65,31 +75,27 @@ pub struct Args {
     /// Output PNG (layout's width x height), with the generation parameters as text chunks.
     #[arg(long)]
     out: PathBuf,
+    /// Do not verify the set's files against the manifest's sha256 (the PNG then records
+    /// `model_set_checksums: skipped`).
+    #[arg(long)]
+    skip_checksums: bool,
 }
 
-/// An output path must be in an existing directory (checked before any work is done).
-pub fn check_output(flag: &str, path: &Path) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if path.file_name().is_none() {
-        return Err(Error::invalid_input(
-            flag,
-            format!("{} has no file name", path.display()),
-        ));
-    }
-    if !dir.is_dir() {
-        return Err(Error::invalid_input(
-            flag,
-            format!(
-                "cannot write {}: directory {} does not exist",
-                path.display(),
-                dir.display()
-            ),
-        ));
-    }
-    Ok(())
+/// The output flags, checked together and against the inputs before any work (see
+/// [`fsutil::check_outputs`]).
+fn check_paths(args: &Args, layout: &Layout) -> Result<(), Error> {
+    let mut outputs = vec![("--out", args.out.as_path())];
+    outputs.extend(
+        args.save_condition
+            .as_deref()
+            .map(|p| ("--save-condition", p)),
+    );
+    outputs.extend(args.save_latents.as_deref().map(|p| ("--save-latents", p)));
+    let mut inputs = vec![("--layout", args.layout.as_path())];
+    inputs.extend(args.init_noise.as_deref().map(|p| ("--init-noise", p)));
+    let faces = layout.face_inputs();
+    inputs.extend(faces.iter().map(|(name, p)| (name.as_str(), *p)));
+    fsutil::check_outputs(&outputs, &inputs)
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -111,17 +117,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         scheduler,
         seed: args.seed,
         bf16_positions: args.bf16_positions,
+        control_guidance_start: args.control_guidance_start,
+        control_guidance_end: args.control_guidance_end,
     };
     params.check()?;
-    check_output("--out", &args.out)?;
-    if let Some(path) = &args.save_condition {
-        check_output("--save-condition", path)?;
-    }
-    if let Some(path) = &args.save_latents {
-        check_output("--save-latents", path)?;
-    }
+    args.backend.check()?;
     let mut layout = Layout::load(&args.layout, true)?;
-    let set = ModelSet::open(&args.models, Checksums::Skip)?;
+    check_paths(&args, &layout)?;
+    let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
     let tokenizers = Tokenizers::load(&set)?;
     let init_noise = args.init_noise.as_deref().map(npy::read).transpose()?;
     let decode_started = Instant::now();
@@ -132,7 +135,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Photos without face keypoints get them from the face detector (its three small graphs).
     let detection = people::resolve_faces(&mut layout, &face_images, backend.as_ref(), &set)?;
     if !detection.is_zero() {
-        eprintln!(
+        note!(
             "face detection (MTCNN): {:.3} s, graphs loaded and run (counted under \"other\")",
             detection.as_secs_f64()
         );
@@ -147,68 +150,100 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     )?;
     job.timings.faces += decode;
     for warning in job.warnings() {
-        eprintln!("warning: {warning}");
+        note!("warning: {warning}");
     }
     let scheduler_name = job.scheduler.kind().name();
     let set_name = set.name().to_string();
-    let digest = set.graphs_digest()?;
+    let digest = set.model_set_digest()?;
+    let checksums = match set.checksums {
+        Checksums::Verify => "verified",
+        Checksums::Skip => "skipped",
+    };
 
     let load_started = Instant::now();
     let mut models = Models::load(backend.as_ref(), set)?;
     let load_graphs = load_started.elapsed();
+    args.backend.check_resolved(backend.as_ref())?;
 
     let show_progress = std::io::stderr().is_terminal();
     let mut progress = |done: usize, total: usize| {
         if show_progress {
-            eprint!("\rdenoising: step {done}/{total}");
+            note_inline!("\rdenoising: step {done}/{total}");
             if done == total {
-                eprintln!();
+                note!();
             }
         }
     };
     let mut generated = pipeline::generate(&mut models, &job, &mut progress)?;
     generated.timings.load_graphs = load_graphs;
 
-    let p = &job.params;
-    let (steps, seed) = (p.steps.to_string(), p.seed.to_string());
-    let (guidance, scale, ratio) = (
-        p.guidance.to_string(),
-        p.controlnet_scale.to_string(),
-        p.id_injection_ratio.to_string(),
-    );
-    let software = format!("idpatch {}", env!("CARGO_PKG_VERSION"));
-    let backend_label = args.backend.label();
-    let init_noise_name = args.init_noise.as_ref().map(|p| p.display().to_string());
-    let mut text: Vec<(&str, &str)> = vec![
-        ("prompt", &p.prompt),
-        ("negative_prompt", &p.negative_prompt),
-        ("seed", &seed),
-        ("steps", &steps),
-        ("guidance", &guidance),
-        ("controlnet_scale", &scale),
-        ("id_injection_ratio", &ratio),
-        ("scheduler", scheduler_name),
-        ("model_set", &set_name),
-        ("model_set_digest", &digest),
-        ("backend", &backend_label),
-        ("software", &software),
-    ];
-    if let Some(name) = &init_noise_name {
-        text.push(("init_noise", name));
-    }
-    if p.bf16_positions {
-        text.push(("bf16_positions", "true"));
-    }
-    image_io::save_png(&args.out, &generated.image, &text)?;
+    // What ran: `--ep auto` is recorded as the provider it settled on.
+    let run = RunRecord {
+        scheduler: scheduler_name,
+        set_name: &set_name,
+        digest: &digest,
+        checksums,
+        backend: backend.name(),
+    };
+    let chunks = png_text(&args, &job.params, &run);
+    let text: Vec<(&str, &str)> = chunks.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Every output is encoded first, then all are written together: none or all appear.
+    let image_png = image_io::encode_png(&generated.image, &text)?;
+    let mut files: Vec<(&Path, Vec<u8>)> = vec![(&args.out, image_png)];
     if let Some(path) = &args.save_condition {
-        idpatch::fsutil::write_atomic(
-            path,
-            &idpatch::condition::preview_png(&generated.condition)?,
-        )?;
+        let preview = idpatch::condition::preview_png(&generated.condition)?;
+        files.push((path, preview));
     }
     if let Some(path) = &args.save_latents {
-        npy::write(path, &generated.latents)?;
+        files.push((path, npy::to_bytes(&generated.latents)));
     }
-    eprintln!("{}", generated.timings.summary(started.elapsed()));
+    let files: Vec<(&Path, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    fsutil::write_all_atomic(&files)?;
+    note!("{}", generated.timings.summary(started.elapsed()));
+    if let Some(traffic) = &generated.traffic {
+        note!("{}", traffic.summary());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the PNG records about the run beside the parameters.
+struct RunRecord<'a> {
+    scheduler: &'a str,
+    set_name: &'a str,
+    digest: &'a str,
+    /// `verified` or `skipped`.
+    checksums: &'a str,
+    /// The backend that ran, as [`idpatch::backend::Backend::name`] gives it.
+    backend: String,
+}
+
+/// The PNG text chunks: every generation parameter, the model set and the software.
+fn png_text(args: &Args, p: &Params, run: &RunRecord) -> Vec<(&'static str, String)> {
+    let mut text = vec![
+        ("prompt", p.prompt.clone()),
+        ("negative_prompt", p.negative_prompt.clone()),
+        ("seed", p.seed.to_string()),
+        ("steps", p.steps.to_string()),
+        ("guidance", p.guidance.to_string()),
+        ("controlnet_scale", p.controlnet_scale.to_string()),
+        ("id_injection_ratio", p.id_injection_ratio.to_string()),
+        (
+            "control_guidance_start",
+            p.control_guidance_start.to_string(),
+        ),
+        ("control_guidance_end", p.control_guidance_end.to_string()),
+        ("scheduler", run.scheduler.to_string()),
+        ("model_set", run.set_name.to_string()),
+        ("model_set_digest", run.digest.to_string()),
+        ("model_set_checksums", run.checksums.to_string()),
+        ("backend", run.backend.clone()),
+        ("software", format!("idpatch {}", env!("CARGO_PKG_VERSION"))),
+    ];
+    if let Some(path) = &args.init_noise {
+        text.push(("init_noise", path.display().to_string()));
+    }
+    if p.bf16_positions {
+        text.push(("bf16_positions", "true".to_string()));
+    }
+    text
 }

@@ -10,7 +10,7 @@ use idpatch::manifest::{Checksums, ModelSet};
 use idpatch::{fsutil, image_io, Error};
 
 use crate::backend_args::BackendArgs;
-use crate::generate::check_output;
+use crate::output::note;
 
 /// Output pixels the default size aims at: SDXL's native 1024 x 1024.
 const DEFAULT_AREA: f64 = 1024.0 * 1024.0;
@@ -40,10 +40,14 @@ pub struct Args {
     models: PathBuf,
     #[command(flatten)]
     backend: BackendArgs,
+    /// Do not verify the set's files against the manifest's sha256 (verified files are cached,
+    /// so only the first run after a change reads a full set).
+    #[arg(long)]
+    skip_checksums: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    check_output("--out", &args.out)?;
+    args.backend.check()?;
     if args.faces.len() > MAX_PEOPLE {
         return Err(Error::invalid_input(
             "--faces",
@@ -74,13 +78,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // The layout may not overwrite the photos it is made from.
+    let mut inputs = vec![("--reference", args.reference.as_path())];
+    inputs.extend(args.faces.iter().map(|p| ("--faces", p.as_path())));
+    fsutil::check_outputs(&[("--out", args.out.as_path())], &inputs)?;
     let photo = image_io::load_rgb8(&args.reference)?;
     let (pw, ph) = (photo.width() as f64, photo.height() as f64);
     let (width, height) = output_size(pw, ph, args.width, args.height);
 
-    let set = ModelSet::open(&args.models, Checksums::Skip)?;
+    let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
     let backend = args.backend.make()?;
     let mut detector = Detector::load(backend.as_ref(), &set, DetectorOptions::default())?;
+    args.backend.check_resolved(backend.as_ref())?;
     let detected = detector.detect(&photo)?;
     let found = detected.len();
     let people = people_left_to_right(detected, args.faces.len(), &args.reference)?;
@@ -104,7 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let out_dir = args.out.parent().unwrap_or(Path::new(""));
     Layout::parse(&text, out_dir, true)?;
     fsutil::write_atomic(&args.out, text.as_bytes())?;
-    eprintln!(
+    note!(
         "{}: {} people at {width}x{height}, from {found} face{} in {}",
         args.out.display(),
         people.len(),
@@ -132,7 +141,7 @@ fn people_left_to_right(
         ));
     }
     if detected.len() > count {
-        eprintln!(
+        note!(
             "warning: {} has {} faces; using the {count} largest",
             photo.display(),
             detected.len()

@@ -12,6 +12,7 @@ mod eval;
 mod faces;
 mod generate;
 mod layout;
+mod output;
 mod schedule;
 mod tokenize;
 mod validate;
@@ -71,10 +72,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader of stdout has all it wanted (`idpatch ... | head`): a quiet success.
+        Err(err) if err.downcast_ref::<output::StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(err) => {
             // One line, whatever the message: ONNX Runtime's own messages may hold newlines.
             let message = format!("{err:#}");
-            eprintln!(
+            output::note!(
                 "error: {}",
                 message.split_whitespace().collect::<Vec<_>>().join(" ")
             );

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::output::outln;
 use idpatch::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
 
 #[derive(clap::Args)]
@@ -53,25 +54,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "sigmas": scheduler.sigmas(),
             "init_noise_sigma": scheduler.init_noise_sigma(),
         });
-        println!("{object}");
+        outln!("{object}")?;
     } else {
         let join = |values: Vec<String>| values.join(" ");
-        println!(
+        outln!(
             "scheduler: {} ({})",
             scheduler.kind(),
             scheduler.kind().class_name()
-        );
-        println!("steps: {}", scheduler.len());
-        println!("init_noise_sigma: {}", scheduler.init_noise_sigma());
-        println!(
+        )?;
+        outln!("steps: {}", scheduler.len())?;
+        outln!("init_noise_sigma: {}", scheduler.init_noise_sigma())?;
+        outln!(
             "timesteps: {}",
             join(timesteps.iter().map(|t| t.to_string()).collect())
-        );
+        )?;
         if let Some(sigmas) = scheduler.sigmas() {
-            println!(
+            outln!(
                 "sigmas: {}",
                 join(sigmas.iter().map(|s| s.to_string()).collect())
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

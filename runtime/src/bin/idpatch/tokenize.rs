@@ -3,18 +3,25 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::output::{note, outln};
 use anyhow::Context;
+use idpatch::checksum::ChecksumCache;
+use idpatch::limits::MAX_PROMPT_BYTES;
+use idpatch::manifest::{open_tokenizers, Checksums};
 use idpatch::tokenizer::{ClipTokenizer, Encoding, MAX_TEXT_TOKENS};
 use idpatch::Error;
 use serde_json::Value;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Graph set directory. Tokenizer files come from its manifest.json `tokenizers` section;
-    /// when there is no manifest or no such section, from tokenizer/vocab.json and
-    /// tokenizer/merges.txt with SDXL's pad ids (49407 and 0).
+    /// Graph set directory. Tokenizer files come from its manifest.json `tokenizers` section
+    /// (their sha256 verified); when there is no manifest or no such section, from
+    /// tokenizer/vocab.json and tokenizer/merges.txt with SDXL's pad ids (49407 and 0).
     #[arg(long, default_value = "models/tiny")]
     models: PathBuf,
+    /// Do not verify the tokenizer files against the manifest's sha256.
+    #[arg(long)]
+    skip_checksums: bool,
     /// Print one JSON object {"tokenizer": [77 ids], "tokenizer_2": [77 ids]}.
     #[arg(long)]
     json: bool,
@@ -25,13 +32,26 @@ pub struct Args {
 const NAMES: [&str; 2] = ["tokenizer", "tokenizer_2"];
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.prompt.len() > MAX_PROMPT_BYTES {
+        return Err(Error::invalid_input(
+            "PROMPT",
+            format!(
+                "{} bytes long, at most {MAX_PROMPT_BYTES} are accepted",
+                args.prompt.len()
+            ),
+        )
+        .into());
+    }
     let mut encodings = Vec::new();
-    for (name, files) in NAMES.iter().zip(tokenizer_files(&args.models)?) {
+    for (name, files) in NAMES.iter().zip(tokenizer_files(
+        &args.models,
+        Checksums::from_skip_flag(args.skip_checksums),
+    )?) {
         let tokenizer = ClipTokenizer::from_files(&files.vocab, &files.merges, files.pad_token_id)
             .with_context(|| format!("loading {name}"))?;
         let encoding = tokenizer.encode(&args.prompt);
         if encoding.truncated {
-            eprintln!(
+            note!(
                 "warning: {name}: the prompt has more than {MAX_TEXT_TOKENS} tokens (77 with the \
                  start and end tokens); the rest is ignored"
             );
@@ -43,23 +63,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|(name, encoding)| (name.to_string(), Value::from(encoding.ids.clone())))
             .collect();
-        println!("{}", Value::Object(object));
+        outln!("{}", Value::Object(object))?;
     } else {
         for (name, encoding) in &encodings {
-            print_plain(name, encoding);
+            print_plain(name, encoding)?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_plain(name: &str, encoding: &Encoding) {
+fn print_plain(name: &str, encoding: &Encoding) -> anyhow::Result<()> {
     let ids: Vec<String> = encoding.ids.iter().map(i64::to_string).collect();
-    println!(
+    outln!(
         "{name} ({} of {} tokens used): {}",
         encoding.tokens_used,
         ids.len(),
         ids.join(" ")
-    );
+    )
 }
 
 struct TokenizerFiles {
@@ -68,23 +88,10 @@ struct TokenizerFiles {
     pad_token_id: i64,
 }
 
-/// The files of `tokenizer` and `tokenizer_2`, read from the manifest when it lists them.
-fn tokenizer_files(models: &Path) -> anyhow::Result<Vec<TokenizerFiles>> {
-    let manifest_path = models.join("manifest.json");
-    let section = if manifest_path.exists() {
-        let text =
-            std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
-        let manifest: Value = serde_json::from_str(&text).map_err(|e| {
-            Error::invalid_input(
-                manifest_path.display().to_string(),
-                format!("not JSON: {e}"),
-            )
-        })?;
-        manifest.get("tokenizers").cloned()
-    } else {
-        None
-    };
-    let Some(section) = section else {
+/// The files of `tokenizer` and `tokenizer_2`: from the manifest when it lists them (paths and
+/// checksums checked as when a set is opened), else SDXL's layout.
+fn tokenizer_files(models: &Path, checksums: Checksums) -> anyhow::Result<Vec<TokenizerFiles>> {
+    let Some(section) = open_tokenizers(models, checksums, &ChecksumCache::from_env())? else {
         let dir = models.join("tokenizer");
         return Ok([49407, 0]
             .into_iter()
@@ -95,32 +102,16 @@ fn tokenizer_files(models: &Path) -> anyhow::Result<Vec<TokenizerFiles>> {
             })
             .collect());
     };
-    NAMES
+    Ok(NAMES
         .iter()
         .map(|name| {
-            let bad = |reason: &str| {
-                Error::invalid_input(
-                    format!("{} tokenizers.{name}", manifest_path.display()),
-                    reason.to_string(),
-                )
-            };
-            let entry = section.get(name).ok_or_else(|| bad("missing"))?;
-            let file = |key: &str| {
-                entry
-                    .get(key)
-                    .and_then(Value::as_str)
-                    .map(|relative| models.join(relative))
-                    .ok_or_else(|| bad(&format!("{key} must be a file name")))
-            };
-            let pad_token_id = entry
-                .get("pad_token_id")
-                .and_then(Value::as_i64)
-                .ok_or_else(|| bad("pad_token_id must be an integer"))?;
-            Ok(TokenizerFiles {
-                vocab: file("vocab")?,
-                merges: file("merges")?,
-                pad_token_id,
-            })
+            // open_tokenizers checked that both are listed.
+            let files = &section[*name];
+            TokenizerFiles {
+                vocab: models.join(&files.vocab),
+                merges: models.join(&files.merges),
+                pad_token_id: files.pad_token_id,
+            }
         })
-        .collect()
+        .collect())
 }

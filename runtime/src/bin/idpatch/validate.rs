@@ -5,6 +5,7 @@ use idpatch::manifest::{Checksums, ModelSet, Role};
 use idpatch::validate::validate_graph;
 
 use crate::backend_args::BackendArgs;
+use crate::output::outln;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,30 +21,39 @@ pub struct Args {
     /// (default 1e-4 for FP32 graphs, 2e-2 for FP16).
     #[arg(long)]
     tolerance: Option<f64>,
-    /// Do not hash the graph files against the manifest's sha256.
+    /// Do not verify the set's files against the manifest's sha256 (verified files are cached,
+    /// so only the first run after a change reads a full set).
     #[arg(long)]
     skip_checksums: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let checksums = if args.skip_checksums {
-        Checksums::Skip
-    } else {
-        Checksums::Verify
-    };
-    let set = ModelSet::open(&args.models, checksums)?;
+    args.backend.check()?;
+    if let Some(t) = args.tolerance.filter(|t| !(*t > 0.0 && *t <= 1.0)) {
+        return Err(idpatch::Error::invalid_input(
+            "--tolerance",
+            format!("{t} is not in (0, 1] (a relative error)"),
+        )
+        .into());
+    }
+    let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
     let roles = Role::parse_list(&args.graphs, "--graphs")?;
     // Device outputs, so that a GPU run also checks the copy back to the host.
     let backend = args.backend.make()?;
-    println!(
+    outln!(
         "{:<15} {:>12} {:>12} {:>10} {:>9}  result",
-        "graph", "max abs err", "max rel err", "tolerance", "ms"
-    );
+        "graph",
+        "max abs err",
+        "max rel err",
+        "tolerance",
+        "ms"
+    )?;
     let mut all_passed = true;
     for role in roles {
         let report = validate_graph(&set, backend.as_ref(), role, args.tolerance)?;
+        args.backend.check_resolved(backend.as_ref())?;
         all_passed &= report.passed();
-        println!(
+        outln!(
             "{:<15} {:>12.3e} {:>12.3e} {:>10.1e} {:>9.2}  {}",
             role.name(),
             report.max_abs_err(),
@@ -51,21 +61,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             report.tolerance,
             report.ms,
             if report.passed() { "ok" } else { "FAIL" }
-        );
+        )?;
     }
     if all_passed {
-        println!(
+        outln!(
             "all graphs of {} within tolerance on {}",
             set.name(),
             backend.name()
-        );
+        )?;
         Ok(ExitCode::SUCCESS)
     } else {
-        println!(
+        outln!(
             "some graphs of {} are outside tolerance on {}",
             set.name(),
             backend.name()
-        );
+        )?;
         Ok(ExitCode::from(1))
     }
 }
