@@ -8,7 +8,11 @@ mod common;
 use serde_json::Value;
 
 fn schedule(args: &[&str]) -> (i32, String, String) {
-    let output = common::command().arg("schedule").args(args).output().unwrap();
+    let output = common::command()
+        .arg("schedule")
+        .args(args)
+        .output()
+        .unwrap();
     common::code_stdout_stderr(output)
 }
 
@@ -27,7 +31,10 @@ fn schedule_takes_num_inference_steps() {
 
     let (code, _, stderr) = schedule(&["--num-inference-steps", "0"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.starts_with("error: --num-inference-steps: "), "{stderr}");
+    assert!(
+        stderr.starts_with("error: --num-inference-steps: "),
+        "{stderr}"
+    );
     let (code, _, stderr) = schedule(&["--steps", "3", "--num-inference-steps", "3"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("cannot be used with"), "{stderr}");
@@ -42,10 +49,7 @@ fn diffusers_flags_are_named_in_errors() {
             &["--num-inference-steps", "0"],
             "error: --num-inference-steps: 0 is not between 1 and 1000",
         ),
-        (
-            &["--guidance-scale", "101"],
-            "error: --guidance-scale: ",
-        ),
+        (&["--guidance-scale", "101"], "error: --guidance-scale: "),
         (
             &["--controlnet-conditioning-scale", "-1"],
             "error: --controlnet-conditioning-scale: ",
@@ -57,7 +61,14 @@ fn diffusers_flags_are_named_in_errors() {
     ];
     for (args, needle) in cases {
         let output = common::command()
-            .args(["generate", "--prompt", "x", "--out", "/tmp/never-written.png", "--layout"])
+            .args([
+                "generate",
+                "--prompt",
+                "x",
+                "--out",
+                "/tmp/never-written.png",
+                "--layout",
+            ])
             .arg(&layout)
             .args(args)
             .output()
@@ -68,7 +79,14 @@ fn diffusers_flags_are_named_in_errors() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
     let output = common::command()
-        .args(["generate", "--prompt", "x", "--out", "/tmp/never-written.png", "--layout"])
+        .args([
+            "generate",
+            "--prompt",
+            "x",
+            "--out",
+            "/tmp/never-written.png",
+            "--layout",
+        ])
         .arg(&layout)
         .args(["--guidance", "2", "--guidance-scale", "2"])
         .output()

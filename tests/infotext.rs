@@ -111,7 +111,12 @@ fn generate_writes_the_parameters_chunk() {
     let output = common::command()
         .args(["generate", "--layout"])
         .arg(&layout)
-        .args(["--prompt", "two friends, smiling", "--negative-prompt", "blurry"])
+        .args([
+            "--prompt",
+            "two friends, smiling",
+            "--negative-prompt",
+            "blurry",
+        ])
         .args(["--num-inference-steps", "2", "--guidance-scale", "3.5"])
         .args(["--controlnet-conditioning-scale", "0.6", "--seed", "9"])
         .arg("--out")

@@ -195,10 +195,17 @@ fn malformed_tokenizer_files_are_rejected() {
 
 // The padding and truncation diffusers asks for must be in the file: without them, or with
 // other lengths, the ids would silently differ from the reference's.
+/// An edit of a parsed tokenizer.json.
+type Edit = fn(&mut serde_json::Map<String, Value>);
+
 #[test]
 fn padding_and_truncation_must_be_sdxl_s() {
-    let cases: [(&str, fn(&mut serde_json::Map<String, Value>), &str); 5] = [
-        ("no-padding.json", |j| j["padding"] = Value::Null, "gives no padding"),
+    let cases: [(&str, Edit, &str); 5] = [
+        (
+            "no-padding.json",
+            |j| j["padding"] = Value::Null,
+            "gives no padding",
+        ),
         (
             "short-padding.json",
             |j| j["padding"]["strategy"] = serde_json::json!({"Fixed": 64}),

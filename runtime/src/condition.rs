@@ -116,11 +116,7 @@ pub fn skeleton(layout: &Layout) -> Rgb8 {
 }
 
 /// Draws COCO-17 poses (`[x, y, score]` in pixels) as OpenPose skeletons on black.
-pub fn draw_skeletons(
-    width: usize,
-    height: usize,
-    poses: &[&[[f32; 3]; COCO_KEYPOINTS]],
-) -> Rgb8 {
+pub fn draw_skeletons(width: usize, height: usize, poses: &[&[[f32; 3]; COCO_KEYPOINTS]]) -> Rgb8 {
     let poses: Vec<[[f32; 3]; 18]> = poses.iter().map(|p| to_openpose(p)).collect();
     let drawn = |pose: &[[f32; 3]; 18], (a, b): (usize, usize)| {
         pose[a][2] > KEYPOINT_THRESHOLD && pose[b][2] > KEYPOINT_THRESHOLD
@@ -621,7 +617,11 @@ mod tests {
         let mut img = Rgb8::zeros(9, 9);
         fill_circle(&mut img, 4, 4, 4, [255, 0, 0]);
         let widths: Vec<usize> = (0..9)
-            .map(|y| (0..9).filter(|&x| img.data()[(y * 9 + x) * 3] == 255).count())
+            .map(|y| {
+                (0..9)
+                    .filter(|&x| img.data()[(y * 9 + x) * 3] == 255)
+                    .count()
+            })
             .collect();
         assert_eq!(widths, [1, 5, 7, 7, 9, 7, 7, 5, 1]);
     }

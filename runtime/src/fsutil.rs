@@ -383,7 +383,10 @@ mod tests {
         };
         assert_eq!(root(["/i", "/x", "/h"]), Some(PathBuf::from("/i/cache")));
         assert_eq!(root(["", "/x", "/h"]), Some(PathBuf::from("/x/idpatch")));
-        assert_eq!(root(["", "", "/h"]), Some(PathBuf::from("/h/.cache/idpatch")));
+        assert_eq!(
+            root(["", "", "/h"]),
+            Some(PathBuf::from("/h/.cache/idpatch"))
+        );
         assert_eq!(root(["", "", ""]), None);
     }
 }

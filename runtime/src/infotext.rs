@@ -94,7 +94,10 @@ impl Infotext<'_> {
                 "Control guidance start",
                 self.control_guidance_start.to_string(),
             ),
-            ("Control guidance end", self.control_guidance_end.to_string()),
+            (
+                "Control guidance end",
+                self.control_guidance_end.to_string(),
+            ),
             ("ID injection ratio", self.id_injection_ratio.to_string()),
             ("People", self.people.to_string()),
             ("Backend", self.backend.to_string()),

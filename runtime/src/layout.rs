@@ -28,7 +28,10 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::de::{self, Deserialize, Deserializer};
+// The root re-export carries both the trait and the derive macro (`serde::de`'s is the trait
+// alone).
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
 
 use crate::{Error, Result};
 

@@ -514,7 +514,12 @@ pub fn check_tokenizer_section(section: &TokenizerSection) -> std::result::Resul
         let entry = section
             .get(name)
             .ok_or_else(|| format!("{MANIFEST_FILE} has no tokenizers.{name} entry"))?;
-        check_file_entry(&format!("tokenizers.{name}"), "file", &entry.file, &entry.sha256)?;
+        check_file_entry(
+            &format!("tokenizers.{name}"),
+            "file",
+            &entry.file,
+            &entry.sha256,
+        )?;
     }
     Ok(())
 }
@@ -524,7 +529,13 @@ fn tokenizer_files(section: &TokenizerSection) -> Vec<(String, &str, &str)> {
     TOKENIZERS
         .iter()
         .filter_map(|name| section.get(*name).map(|e| (name, e)))
-        .map(|(name, e)| (format!("tokenizers.{name}"), e.file.as_str(), e.sha256.as_str()))
+        .map(|(name, e)| {
+            (
+                format!("tokenizers.{name}"),
+                e.file.as_str(),
+                e.sha256.as_str(),
+            )
+        })
         .collect()
 }
 

@@ -35,8 +35,8 @@ use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
 use crate::splice;
 use crate::stages::{decode, encode_ids, encode_prompts};
 use crate::tensor::DType;
-pub use crate::tokenizer::Tokenizers;
 use crate::tokenizer::Encoding;
+pub use crate::tokenizer::Tokenizers;
 use crate::{Error, Result, Tensor};
 
 /// Most denoising steps accepted (the training schedule has 1000 timesteps).

@@ -174,7 +174,11 @@ impl ClipTokenizer {
         Ok(Encoding {
             ids,
             truncated: !encoding.get_overflowing().is_empty(),
-            tokens_used: encoding.get_attention_mask().iter().filter(|&&m| m != 0).count(),
+            tokens_used: encoding
+                .get_attention_mask()
+                .iter()
+                .filter(|&&m| m != 0)
+                .count(),
         })
     }
 }
@@ -189,7 +193,7 @@ fn check_padding(tokenizer: &Tokenizer) -> std::result::Result<u32, String> {
         ));
     };
     if !matches!(padding.strategy, PaddingStrategy::Fixed(MAX_LENGTH))
-        || padding.direction != PaddingDirection::Right
+        || !matches!(padding.direction, PaddingDirection::Right)
         || padding.pad_to_multiple_of.is_some()
     {
         return Err(format!(

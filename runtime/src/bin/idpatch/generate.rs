@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use idpatch::image_io;
+use idpatch::infotext::Infotext;
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet};
-use idpatch::infotext::Infotext;
 use idpatch::pipeline::{self, Generated, Job, Models, Params, Tokenizers};
 use idpatch::scheduler::SchedulerKind;
 use idpatch::{fsutil, npy, Error};

@@ -77,7 +77,11 @@ impl SamplingArgs {
                 "--num-inference-steps",
                 self.num_inference_steps.is_some(),
             ),
-            ("--guidance", "--guidance-scale", self.guidance_scale.is_some()),
+            (
+                "--guidance",
+                "--guidance-scale",
+                self.guidance_scale.is_some(),
+            ),
             (
                 "--controlnet-scale",
                 "--controlnet-conditioning-scale",
@@ -157,7 +161,8 @@ mod tests {
             guidance: Some(0.5),
             ..SamplingArgs::default()
         };
-        let err = args.as_typed(Error::invalid_input("--steps", "0 is not between 1 and 1000").into());
+        let err =
+            args.as_typed(Error::invalid_input("--steps", "0 is not between 1 and 1000").into());
         assert_eq!(
             err.to_string(),
             Error::invalid_input("--num-inference-steps", "0 is not between 1 and 1000")
