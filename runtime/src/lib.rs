@@ -12,6 +12,7 @@ pub mod error;
 pub mod face;
 pub mod fsutil;
 pub mod image_io;
+pub mod infotext;
 pub mod layout;
 pub mod limits;
 pub mod manifest;

@@ -10,6 +10,7 @@ mod bench;
 mod condition;
 mod generate;
 mod output;
+mod sampling_args;
 mod schedule;
 mod tokenize;
 mod validate;
