@@ -45,6 +45,8 @@ GRAPH_ORDER = ["text_encoder", "text_encoder_2", "unet", "controlnet", "vae_deco
 # small and thresholds its scores.
 FP32_GRAPHS = {"vae_decoder", *DETECTOR_GRAPHS}
 OPSET = 17
+# Format 3: one tokenizer.json per tokenizer ({"file", "sha256"}); format 2 listed vocab.json/merges.txt.
+MANIFEST_FORMAT = 3
 
 SDXL_SCHEDULER = {
     "_class_name": "EulerDiscreteScheduler",
@@ -493,31 +495,22 @@ def check_with_onnxruntime(path: pathlib.Path, inputs: dict[str, np.ndarray], ex
     return worst_abs, worst_rel
 
 
-def write_tokenizers(out: pathlib.Path) -> dict:
-    from clip_vocab import write_vocab
+def write_tokenizers(out: pathlib.Path, sdxl: str | None) -> dict:
+    """Both SDXL tokenizers as tokenizer.json files under `out`: from the SDXL folder's tokenizer/ and
+    tokenizer_2/ when one is given, else from the rebuilt CLIP vocabulary (see clip_vocab.py)."""
+    from clip_vocab import write_sdxl_tokenizers
 
-    folder = out / "tokenizer"
-    folder.mkdir(parents=True, exist_ok=True)
-    write_vocab(folder)
-    return {
-        "tokenizer": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "pad_token_id": 49407},
-        "tokenizer_2": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "pad_token_id": 0},
-    }
+    return write_sdxl_tokenizers(out, pathlib.Path(sdxl) if sdxl else None)
 
 
 def tokenizer_entries(out: pathlib.Path, tokenizers: dict) -> dict:
-    """The manifest's tokenizers section: each file with the sha256 of what is in `out`."""
+    """The manifest's tokenizers section: each tokenizer.json with the sha256 of what is in `out`."""
     entries = {}
-    for name, files in tokenizers.items():
-        entry = {}
-        for key in ("vocab", "merges"):
-            path = out / files[key]
-            if not path.is_file():
-                raise RuntimeError(f"tokenizers.{name}: {path} is missing")
-            entry[key] = files[key]
-            entry[f"{key}_sha256"] = sha256_of(path)
-        entry["pad_token_id"] = files["pad_token_id"]
-        entries[name] = entry
+    for name, file in tokenizers.items():
+        path = out / file
+        if not path.is_file():
+            raise RuntimeError(f"tokenizers.{name}: {path} is missing")
+        entries[name] = {"file": file, "sha256": sha256_of(path)}
     return entries
 
 
@@ -691,12 +684,13 @@ def export_set(args, argv) -> int:
         entries[name] = entry
 
     try:
-        tokenizers = source.tokenizers(out) if from_folder else write_tokenizers(out)
+        tokenizers = source.tokenizers(out) if from_folder else write_tokenizers(out, None)
     except ImportError as error:
-        if not manifest.get("tokenizers"):
+        listed = manifest.get("tokenizers") or {}
+        if manifest.get("format") != MANIFEST_FORMAT or not listed:
             raise RuntimeError(f"tokenizer files cannot be written ({error}) and {manifest_path} lists none") from error
         print(f"warning: tokenizer files not written ({error}); keeping those {manifest_path} lists", flush=True)
-        tokenizers = manifest["tokenizers"]
+        tokenizers = {name: entry["file"] for name, entry in listed.items()}
     tokenizers = tokenizer_entries(out, tokenizers)
     scheduler = source.scheduler() if from_folder else manifest.get("scheduler") or dict(SDXL_SCHEDULER)
     import diffusers
@@ -704,8 +698,7 @@ def export_set(args, argv) -> int:
     import transformers
 
     manifest = {
-        # Format 2: tokenizer files carry sha256 entries (vocab_sha256, merges_sha256).
-        "format": 2,
+        "format": MANIFEST_FORMAT,
         "name": args.name or out.name,
         "size": args.size,
         "precision": args.precision,

@@ -219,8 +219,7 @@ fn set_mtime(path: &Path, mtime: std::time::SystemTime) {
         .unwrap();
 }
 
-// 11 graph files (8 of the pipeline, 3 of the face detector) and the 2 tokenizer files both
-// tokenizers share.
+// 11 graph files (8 of the pipeline, 3 of the face detector) and the 2 tokenizer.json files.
 const TINY_FILES: usize = 13;
 
 #[test]
@@ -425,10 +424,10 @@ fn every_command_that_opens_a_set_verifies_it() {
         std::fs::read(tiny_dir().join("unet.onnx")).unwrap(),
     )
     .unwrap();
-    let merges = set.path().join("tokenizer/merges.txt");
-    let mut text = std::fs::read(&merges).unwrap();
+    let tokenizer = set.path().join("tokenizer/tokenizer.json");
+    let mut text = std::fs::read(&tokenizer).unwrap();
     text.push(b'\n');
-    std::fs::write(&merges, text).unwrap();
+    std::fs::write(&tokenizer, text).unwrap();
     for command in ["tokenize", "validate"] {
         let (code, _, stderr) = run_in(
             home.path(),
@@ -442,7 +441,7 @@ fn every_command_that_opens_a_set_verifies_it() {
         assert_one_line_error(
             code,
             &stderr,
-            "tokenizers.tokenizer: checksum mismatch for tokenizer/merges.txt",
+            "tokenizers.tokenizer: checksum mismatch for tokenizer/tokenizer.json",
         );
     }
 }
@@ -502,11 +501,11 @@ fn digest_matches_the_reference_and_covers_tokenizers_config_and_scheduler() {
     let base = digest(set.path());
     assert_eq!(base, tiny);
     let edits: [(&str, ManifestEdit); 5] = [
-        ("vocab sha256", |m| {
-            m["tokenizers"]["tokenizer_2"]["vocab_sha256"] = "ab".repeat(32).into()
+        ("tokenizer sha256", |m| {
+            m["tokenizers"]["tokenizer_2"]["sha256"] = "ab".repeat(32).into()
         }),
-        ("pad id", |m| {
-            m["tokenizers"]["tokenizer"]["pad_token_id"] = 0.into()
+        ("tokenizer file", |m| {
+            m["tokenizers"]["tokenizer"]["file"] = "tokenizer_2/tokenizer.json".into()
         }),
         ("scheduler", |m| m["scheduler"]["beta_end"] = 0.02.into()),
         ("config", |m| {
@@ -566,8 +565,8 @@ fn paths_leaving_the_set_are_refused() {
             "graph controlnet: external_data file \"a/../../x.data\" leaves the set directory",
         ),
         (
-            |m| m["tokenizers"]["tokenizer_2"]["merges"] = "/tmp/merges.txt".into(),
-            "tokenizers.tokenizer_2: merges \"/tmp/merges.txt\" is absolute",
+            |m| m["tokenizers"]["tokenizer_2"]["file"] = "/tmp/tokenizer.json".into(),
+            "tokenizers.tokenizer_2: file \"/tmp/tokenizer.json\" is absolute",
         ),
         (
             |m| m["graphs"]["arcface"]["golden"] = "../../golden".into(),
@@ -680,10 +679,13 @@ fn scheduler_values_that_would_break_the_schedule_are_set_errors() {
 
 #[test]
 fn an_older_format_is_refused_with_what_to_do() {
-    let dir = manifest_only(|m| m["format"] = 1.into());
-    let err = open_error(dir.path());
-    assert!(
-        err.contains("manifest.json has format 1, this build reads format 2 (export the set again"),
-        "{err}"
-    );
+    // Format 2 listed vocab.json and merges.txt; this build reads one tokenizer.json each.
+    for old in [1, 2] {
+        let dir = manifest_only(|m| m["format"] = old.into());
+        let err = open_error(dir.path());
+        let expected = format!(
+            "manifest.json has format {old}, this build reads format 3 (export the set again"
+        );
+        assert!(err.contains(&expected), "{err}");
+    }
 }

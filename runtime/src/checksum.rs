@@ -44,9 +44,15 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// Lowercase hex of bytes.
+/// Lowercase hex of bytes (of a finished digest: `hex(&hasher.finalize())`).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of `bytes` as 64 lowercase hex digits: the one form every digest idpatch writes or
+/// compares takes (manifest checksums, `model_set_digest`, cache keys).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// Whether `s` is a sha256 as the manifest and the cache write it: 64 hex digits.
@@ -78,19 +84,11 @@ impl ChecksumCache {
         }
     }
 
-    /// The user's cache: `$IDPATCH_HOME/cache/checksums`, else `$XDG_CACHE_HOME/idpatch/checksums`,
-    /// else `$HOME/.cache/idpatch/checksums`; disabled when none of these is set.
+    /// The user's cache: `checksums/` in [`crate::fsutil::cache_root`]
+    /// (`$IDPATCH_HOME/cache/checksums`, else `$XDG_CACHE_HOME/idpatch/checksums`, else
+    /// `$HOME/.cache/idpatch/checksums`); disabled when none of these is set.
     pub fn from_env() -> Self {
-        let var = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let root = var("IDPATCH_HOME")
-            .map(|h| h.join("cache"))
-            .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("idpatch")))
-            .or_else(|| var("HOME").map(|h| h.join(".cache/idpatch")));
-        match root {
+        match crate::fsutil::cache_root() {
             Some(root) => ChecksumCache::new(root.join("checksums")),
             None => ChecksumCache::disabled(),
         }
@@ -191,7 +189,7 @@ impl Key {
         let stamp = Stamp::of(path)?;
         let canonical = path.canonicalize().ok()?;
         let canonical = canonical.to_str()?.to_string();
-        let name = hex(&Sha256::digest(canonical.as_bytes()));
+        let name = sha256_hex(canonical.as_bytes());
         Some(Key {
             entry_path: dir.join(format!("{name}.json")),
             canonical,
@@ -207,9 +205,9 @@ impl Key {
             .then(|| entry.sha256.to_ascii_lowercase())
     }
 
-    /// Writes the entry atomically; any failure leaves the cache as it was.
+    /// Writes the entry atomically ([`crate::fsutil::write_atomic`]); any failure leaves the
+    /// cache as it was.
     fn store(&self, digest: &str) {
-        static SEQUENCE: AtomicUsize = AtomicUsize::new(0);
         let Some(dir) = self.entry_path.parent() else {
             return;
         };
@@ -221,16 +219,9 @@ impl Key {
         let Ok(text) = serde_json::to_string(&entry) else {
             return;
         };
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            SEQUENCE.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&tmp, text))
-            .and_then(|_| std::fs::rename(&tmp, &self.entry_path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        if std::fs::create_dir_all(dir).is_ok() {
+            // A cache that cannot be written is skipped: the digest was computed anyway.
+            let _ = crate::fsutil::write_atomic(&self.entry_path, text.as_bytes());
         }
     }
 }
@@ -261,6 +252,23 @@ mod tests {
         cache.sha256(&path).unwrap();
         assert_eq!(cache.files_hashed(), 2);
         assert!(!dir.path().join("cache").exists());
+    }
+
+    // Expected: hashlib.sha256(b"").hexdigest() (FIPS 180-2).
+    #[test]
+    fn sha256_hex_of_bytes() {
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(sha256_hex(b"abc"), sha256_hex_of_file(b"abc"));
+    }
+
+    fn sha256_hex_of_file(bytes: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, bytes).unwrap();
+        sha256_file(&path).unwrap()
     }
 
     #[test]

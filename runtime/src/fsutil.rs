@@ -6,7 +6,7 @@
 //! half-written output behind.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -65,30 +65,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_all_atomic(&[(path, bytes)])
 }
 
-/// Writes several outputs together: every file is first written in full to a temporary file
-/// beside its destination, and only when all of them are written are they renamed into place.
-/// A full disk or an unwritable folder thus leaves none of them behind.
+/// Writes several outputs together: every file is first written in full (and synced) to a
+/// temporary file beside its destination (`tempfile::NamedTempFile`, a hidden `.<name>.XXXXXX`),
+/// and only when all of them are written are they renamed into place
+/// (`NamedTempFile::persist`). A full disk or an unwritable folder thus leaves none of them
+/// behind: a temporary file not persisted is removed when dropped. The files get the
+/// permissions `File::create` gives (0666 less the umask), not a temporary file's 0600.
+///
+/// Errors: [`Error::InvalidInput`] naming the path when its folder does not exist;
+/// [`Error::Io`] naming the path when writing or renaming fails.
 pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
-    let mut temps: Vec<(PathBuf, &Path)> = Vec::with_capacity(files.len());
-    let remove = |temps: &[(PathBuf, &Path)]| {
-        for (tmp, _) in temps {
-            let _ = std::fs::remove_file(tmp);
-        }
-    };
+    let mut temps = Vec::with_capacity(files.len());
     for (path, bytes) in files {
-        match write_temp(path, bytes) {
-            Ok(tmp) => temps.push((tmp, path)),
-            Err(e) => {
-                remove(&temps);
-                return Err(e);
-            }
-        }
+        temps.push((write_temp(path, bytes)?, *path));
     }
-    for (i, (tmp, path)) in temps.iter().enumerate() {
-        if let Err(e) = std::fs::rename(tmp, path) {
-            remove(&temps[i..]);
-            return Err(Error::io(*path, e));
-        }
+    for (tmp, path) in temps {
+        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     }
     Ok(())
 }
@@ -101,18 +93,23 @@ fn folder_of(path: &Path) -> &Path {
     }
 }
 
-/// A hidden name beside `path`, unique to this process: `.<name>.<tag>-<pid>`.
-fn sibling(path: &Path, tag: &str) -> Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
-        Error::invalid_input(path.display().to_string(), "output path has no file name")
-    })?;
-    let mut hidden = OsString::from(".");
-    hidden.push(name);
-    hidden.push(format!(".{tag}-{}", std::process::id()));
-    Ok(folder_of(path).join(hidden))
+/// A new, empty hidden temporary file beside `path` (`.<name>.XXXXXX`), removed when dropped.
+fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let name = path.file_name().unwrap_or(path.as_os_str());
+    let mut prefix = OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(folder_of(path))
 }
 
-fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     let dir = folder_of(path);
     if !dir.is_dir() {
         return Err(Error::invalid_input(
@@ -120,14 +117,27 @@ fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
             format!("output directory {} does not exist", dir.display()),
         ));
     }
-    let tmp = sibling(path, "tmp")?;
-    let written =
-        File::create(&tmp).and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
+    let mut tmp = temp_beside(path).map_err(|e| Error::io(path, e))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| Error::io(path, e))?;
     Ok(tmp)
+}
+
+/// The root of idpatch's caches: `$IDPATCH_HOME/cache`, else `$XDG_CACHE_HOME/idpatch`, else
+/// `$HOME/.cache/idpatch` (empty variables count as unset); `None` when none is set. Each cache
+/// is a folder in it (`checksums/`, `tensorrt/`).
+pub fn cache_root() -> Option<PathBuf> {
+    cache_root_from(|k| std::env::var_os(k))
+}
+
+/// [`cache_root`] with the variables read through `env`.
+fn cache_root_from(env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("IDPATCH_HOME")
+        .map(|h| h.join("cache"))
+        .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("idpatch")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/idpatch")))
 }
 
 /// Checks the output paths of one command before any work is done. `outputs` and `inputs` are
@@ -199,15 +209,10 @@ fn check_output(flag: &str, path: &Path) -> Result<()> {
         }
     }
     // Permission bits do not tell (root ignores them; read-only mounts and /proc do not show
-    // in them): create and remove a file where the output will go.
-    let probe = sibling(path, "probe")?;
-    let created = OpenOptions::new().write(true).create_new(true).open(&probe);
-    match created {
-        Ok(file) => {
-            drop(file);
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
+    // in them): create a temporary file where the output will go, as writing will; dropping it
+    // removes it.
+    match temp_beside(path) {
+        Ok(_probe) => Ok(()),
         Err(e) => Err(bad(format!(
             "cannot write {shown}: cannot create a file in {}: {e}",
             dir.display()
@@ -343,5 +348,45 @@ mod tests {
         write_all_atomic(&[(&a, b"aaa"), (&b, b"bbb")]).unwrap();
         assert_eq!(names(d), ["a.png", "b.npy"]);
         assert_eq!(std::fs::read(&b).unwrap(), b"bbb");
+        // Replacing an existing output works the same way.
+        write_atomic(&b, b"new").unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"new");
+        assert_eq!(names(d), ["a.png", "b.npy"]);
+    }
+
+    // Outputs get the permissions a plain File::create gives (0666 less the umask), not the
+    // 0600 of a temporary file.
+    #[cfg(unix)]
+    #[test]
+    fn outputs_are_created_with_ordinary_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        File::create(&plain).unwrap();
+        let atomic = dir.path().join("atomic");
+        write_atomic(&atomic, b"x").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&atomic), mode(&plain));
+    }
+
+    // Expected: the documented order of the variables (IDPATCH_HOME, XDG_CACHE_HOME, HOME),
+    // empty ones counting as unset.
+    #[test]
+    fn the_cache_root_follows_the_variables() {
+        let root = |vars: [&str; 3]| {
+            cache_root_from(|k| {
+                let i = ["IDPATCH_HOME", "XDG_CACHE_HOME", "HOME"]
+                    .iter()
+                    .position(|n| *n == k)?;
+                Some(OsString::from(vars[i]))
+            })
+        };
+        assert_eq!(root(["/i", "/x", "/h"]), Some(PathBuf::from("/i/cache")));
+        assert_eq!(root(["", "/x", "/h"]), Some(PathBuf::from("/x/idpatch")));
+        assert_eq!(
+            root(["", "", "/h"]),
+            Some(PathBuf::from("/h/.cache/idpatch"))
+        );
+        assert_eq!(root(["", "", ""]), None);
     }
 }

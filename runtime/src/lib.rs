@@ -14,6 +14,7 @@ pub mod eval;
 pub mod face;
 pub mod fsutil;
 pub mod image_io;
+pub mod infotext;
 pub mod layout;
 pub mod limits;
 pub mod manifest;

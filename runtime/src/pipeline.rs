@@ -36,7 +36,8 @@ use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
 use crate::splice;
 use crate::stages::{decode, encode_ids, encode_prompts};
 use crate::tensor::DType;
-use crate::tokenizer::{ClipTokenizer, Encoding};
+use crate::tokenizer::Encoding;
+pub use crate::tokenizer::Tokenizers;
 use crate::{Error, Result, Tensor};
 
 /// Most denoising steps accepted (the training schedule has 1000 timesteps).
@@ -354,32 +355,6 @@ pub fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tenso
     Tensor::from_f32(vec![layout.people.len(), 3, size, size], data)
 }
 
-/// The two SDXL tokenizers of a set.
-pub struct Tokenizers {
-    pub first: ClipTokenizer,
-    pub second: ClipTokenizer,
-}
-
-impl Tokenizers {
-    pub fn load(set: &ModelSet) -> Result<Self> {
-        let load = |name: &str| {
-            let files = set.manifest.tokenizers.get(name).ok_or_else(|| {
-                set.error(format!("manifest.json has no tokenizers.{name} section"))
-            })?;
-            ClipTokenizer::from_files(
-                &set.dir.join(&files.vocab),
-                &set.dir.join(&files.merges),
-                files.pad_token_id,
-            )
-            .map_err(|e| set.error(format!("tokenizers.{name}: {e}")))
-        };
-        Ok(Tokenizers {
-            first: load("tokenizer")?,
-            second: load("tokenizer_2")?,
-        })
-    }
-}
-
 /// Everything about one generation that is checked and computed before any graph runs.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -475,9 +450,7 @@ pub fn prepare_with_faces(
     timings.faces = started.elapsed();
 
     let started = Instant::now();
-    let encode = |t: &ClipTokenizer| [t.encode(&params.negative_prompt), t.encode(&params.prompt)];
-    let tokens_1 = encode(&tokenizers.first);
-    let tokens_2 = encode(&tokenizers.second);
+    let [tokens_1, tokens_2] = tokenizers.encode([&params.negative_prompt, &params.prompt])?;
     timings.tokenize = started.elapsed();
 
     let scheduler = scheduler_for(set, params.scheduler, params.steps)?;

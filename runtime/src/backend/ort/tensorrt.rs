@@ -51,21 +51,9 @@ pub fn trt_profile_shapes(
 /// `$IDPATCH_HOME/cache/tensorrt`, else `$XDG_CACHE_HOME/idpatch/tensorrt`, else
 /// `~/.cache/idpatch/tensorrt`, else `target/tensorrt-cache`.
 pub fn default_trt_cache_root() -> PathBuf {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(home) = var("IDPATCH_HOME") {
-        return home.join("cache/tensorrt");
-    }
-    if let Some(cache) = var("XDG_CACHE_HOME") {
-        return cache.join("idpatch/tensorrt");
-    }
-    if let Some(home) = var("HOME") {
-        return home.join(".cache/idpatch/tensorrt");
-    }
-    PathBuf::from("target/tensorrt-cache")
+    crate::fsutil::cache_root()
+        .map(|root| root.join("tensorrt"))
+        .unwrap_or_else(|| PathBuf::from("target/tensorrt-cache"))
 }
 
 /// The engine cache directory for one graph on one GPU model.
@@ -109,11 +97,7 @@ pub(super) fn graph_digest(path: &Path) -> Result<String> {
     for f in &entry.external_data {
         hasher.update(f.sha256.as_bytes());
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(crate::checksum::hex(&hasher.finalize()))
 }
 
 /// The GPU model for a CUDA ordinal from the NVIDIA driver's /proc entries (PCI order, which is

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::backend_args::{BackendArgs, Provider};
 use crate::output::outln;
+use crate::sampling_args::SamplingArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum InputSource {
@@ -45,13 +46,10 @@ pub struct Args {
     /// does), instead of a made-up one.
     #[arg(long)]
     layout: Option<PathBuf>,
-    /// With --pipeline: denoising steps (default 50).
-    #[arg(long)]
-    steps: Option<usize>,
-    /// With --pipeline: classifier-free guidance scale (default 5.5); at 1 or below the graphs
-    /// run on the prompt alone (batch 1).
-    #[arg(long, allow_negative_numbers = true)]
-    guidance: Option<f64>,
+    /// With --pipeline: steps, guidance and ControlNet scale, under their short or diffusers'
+    /// names.
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// With --pipeline: diffusers' control_guidance_start (default 0): the ControlNet is skipped
     /// on step i of N unless i/N >= this.
     #[arg(long, allow_negative_numbers = true)]
@@ -135,6 +133,7 @@ struct Timing {
 
 /// Flags that the chosen mode does not take, as a usage error naming the first one given.
 fn check_combinations(args: &Args) -> Result<(), Error> {
+    let given = args.sampling.given();
     let size_given = args.height.is_some() || args.width.is_some() || args.people.is_some();
     let conflicts: &[(bool, &str, &str)] = if args.pipeline {
         &[
@@ -158,8 +157,9 @@ fn check_combinations(args: &Args) -> Result<(), Error> {
     } else {
         &[
             (args.layout.is_some(), "--layout", "needs --pipeline"),
-            (args.steps.is_some(), "--steps", "needs --pipeline"),
-            (args.guidance.is_some(), "--guidance", "needs --pipeline"),
+            (given[0].1, given[0].0, "needs --pipeline"),
+            (given[1].1, given[1].0, "needs --pipeline"),
+            (given[2].1, given[2].0, "needs --pipeline"),
             (
                 args.control_guidance_start.is_some(),
                 "--control-guidance-start",
@@ -198,7 +198,7 @@ fn check_bounds(args: &Args) -> Result<(), Error> {
         ("--width", args.width, 1, max_side),
         ("--warmup", args.warmup, 0, MAX_WARMUP),
         ("--runs", args.runs, 1, MAX_RUNS),
-        ("--steps", args.steps, 1, MAX_STEPS),
+        ("--steps", args.sampling.steps(), 1, MAX_STEPS),
     ];
     for (flag, value, lo, hi) in ranges {
         if let Some(v) = value.filter(|v| !(lo..=hi).contains(v)) {
@@ -234,8 +234,12 @@ fn check_sequence(sequence: Option<usize>, configs: &[Config]) -> Result<(), Err
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    check_combinations(&args)?;
-    check_bounds(&args)?;
+    bench(&args).map_err(|e| args.sampling.as_typed(e))
+}
+
+fn bench(args: &Args) -> anyhow::Result<ExitCode> {
+    check_combinations(args)?;
+    check_bounds(args)?;
     let configs = if args.compare.is_empty() {
         args.backend.check()?;
         let checksums = Checksums::from_skip_flag(args.skip_checksums);
@@ -247,11 +251,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             set: ModelSet::open(&args.models, checksums)?,
         }]
     } else {
-        compare_configs(&args)?
+        compare_configs(args)?
     };
     check_sequence(args.sequence, &configs)?;
     if args.pipeline {
-        return run_pipeline(&args, &configs);
+        return run_pipeline(args, &configs);
     }
     let (warmup, runs) = (args.warmup.unwrap_or(3), args.runs.unwrap_or(20));
     let roles = Role::parse_list(&args.graphs, "--graphs")?;
@@ -284,7 +288,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for role in roles {
         let mut medians = Vec::new();
         for config in &configs {
-            let timing = time_one(config, role, source, &size, &args, warmup, runs)?;
+            let timing = time_one(config, role, source, &size, args, warmup, runs)?;
             config.args.check_resolved(config.backend.as_ref())?;
             medians.push(timing.stats.median_ms);
             if args.json {
@@ -474,8 +478,12 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
     let defaults = Params::default();
     let params = Params {
         prompt: "a group photo".into(),
-        steps: args.steps.unwrap_or(defaults.steps),
-        guidance: args.guidance.unwrap_or(defaults.guidance),
+        steps: args.sampling.steps().unwrap_or(defaults.steps),
+        guidance: args.sampling.guidance().unwrap_or(defaults.guidance),
+        controlnet_scale: args
+            .sampling
+            .controlnet_scale()
+            .unwrap_or(defaults.controlnet_scale),
         control_guidance_start: args
             .control_guidance_start
             .unwrap_or(defaults.control_guidance_start),
@@ -580,8 +588,9 @@ fn pipeline_json(
         "layout": layout_name,
         "size": {"height": layout.height, "width": layout.width},
         "people": layout.people.len(),
-        "steps": params.steps,
-        "guidance": params.guidance,
+        "num_inference_steps": params.steps,
+        "guidance_scale": params.guidance,
+        "controlnet_conditioning_scale": params.controlnet_scale,
         "batch": if params.do_classifier_free_guidance() { 2 } else { 1 },
         "control_guidance_start": params.control_guidance_start,
         "control_guidance_end": params.control_guidance_end,

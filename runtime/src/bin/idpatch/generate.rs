@@ -7,14 +7,16 @@ use std::time::Instant;
 
 use idpatch::detect::people;
 use idpatch::image_io;
+use idpatch::infotext::Infotext;
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet};
-use idpatch::pipeline::{self, Models, Params, Tokenizers};
+use idpatch::pipeline::{self, Generated, Job, Models, Params, Tokenizers};
 use idpatch::scheduler::SchedulerKind;
 use idpatch::{fsutil, npy, Error};
 
 use crate::backend_args::BackendArgs;
 use crate::output::{note, note_inline};
+use crate::sampling_args::SamplingArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,16 +32,8 @@ pub struct Args {
     /// Graph set directory (holding manifest.json).
     #[arg(long, default_value = "models/tiny")]
     models: PathBuf,
-    /// Denoising steps (1 to 1000).
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// Classifier-free guidance scale (>= 0). Above 1 the graphs run on [negative, prompt];
-    /// at 1 or below on the prompt alone (batch 1, half the work; no --negative-prompt then).
-    #[arg(long, default_value_t = 5.5, allow_negative_numbers = true)]
-    guidance: f64,
-    /// ControlNet conditioning scale.
-    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
-    controlnet_scale: f64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Share of the steps (the last ones) that see the ID tokens, in [0, 1].
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     id_injection_ratio: f64,
@@ -99,6 +93,10 @@ fn check_paths(args: &Args, layout: &Layout) -> Result<(), Error> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    generate(&args).map_err(|e| args.sampling.as_typed(e))
+}
+
+fn generate(args: &Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
 
     // Everything a user can get wrong is checked before a graph is loaded.
@@ -107,12 +105,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_deref()
         .map(str::parse::<SchedulerKind>)
         .transpose()?;
+    let defaults = Params::default();
     let params = Params {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
-        steps: args.steps,
-        guidance: args.guidance,
-        controlnet_scale: args.controlnet_scale,
+        steps: args.sampling.steps().unwrap_or(defaults.steps),
+        guidance: args.sampling.guidance().unwrap_or(defaults.guidance),
+        controlnet_scale: args
+            .sampling
+            .controlnet_scale()
+            .unwrap_or(defaults.controlnet_scale),
         id_injection_ratio: args.id_injection_ratio,
         scheduler,
         seed: args.seed,
@@ -123,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     params.check()?;
     args.backend.check()?;
     let mut layout = Layout::load(&args.layout, true)?;
-    check_paths(&args, &layout)?;
+    check_paths(args, &layout)?;
     let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
     let tokenizers = Tokenizers::load(&set)?;
     let init_noise = args.init_noise.as_deref().map(npy::read).transpose()?;
@@ -152,7 +154,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for warning in job.warnings() {
         note!("warning: {warning}");
     }
-    let scheduler_name = job.scheduler.kind().name();
     let set_name = set.name().to_string();
     let digest = set.model_set_digest()?;
     let checksums = match set.checksums {
@@ -179,15 +180,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // What ran: `--ep auto` is recorded as the provider it settled on.
     let run = RunRecord {
-        scheduler: scheduler_name,
         set_name: &set_name,
         digest: &digest,
         checksums,
         backend: backend.name(),
     };
-    let chunks = png_text(&args, &job.params, &run);
+    write_outputs(args, &job, &generated, &run)?;
+    note!("{}", generated.timings.summary(started.elapsed()));
+    if let Some(traffic) = &generated.traffic {
+        note!("{}", traffic.summary());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Encodes every output first, then writes them all together: none or all appear.
+fn write_outputs(
+    args: &Args,
+    job: &Job,
+    generated: &Generated,
+    run: &RunRecord,
+) -> anyhow::Result<()> {
+    let chunks = png_text(args, job, run);
     let text: Vec<(&str, &str)> = chunks.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    // Every output is encoded first, then all are written together: none or all appear.
     let image_png = image_io::encode_png(&generated.image, &text)?;
     let mut files: Vec<(&Path, Vec<u8>)> = vec![(&args.out, image_png)];
     if let Some(path) = &args.save_condition {
@@ -199,16 +213,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let files: Vec<(&Path, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
     fsutil::write_all_atomic(&files)?;
-    note!("{}", generated.timings.summary(started.elapsed()));
-    if let Some(traffic) = &generated.traffic {
-        note!("{}", traffic.summary());
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// What the PNG records about the run beside the parameters.
 struct RunRecord<'a> {
-    scheduler: &'a str,
     set_name: &'a str,
     digest: &'a str,
     /// `verified` or `skipped`.
@@ -217,9 +226,32 @@ struct RunRecord<'a> {
     backend: String,
 }
 
-/// The PNG text chunks: every generation parameter, the model set and the software.
-fn png_text(args: &Args, p: &Params, run: &RunRecord) -> Vec<(&'static str, String)> {
+/// The PNG text chunks: AUTOMATIC1111's `parameters` ([`Infotext`]), then every generation
+/// parameter, the model set and the software under idpatch's own keys.
+fn png_text(args: &Args, job: &Job, run: &RunRecord) -> Vec<(&'static str, String)> {
+    let p = &job.params;
+    let scheduler = job.scheduler.kind();
+    let infotext = Infotext {
+        prompt: &p.prompt,
+        negative_prompt: &p.negative_prompt,
+        steps: p.steps,
+        scheduler,
+        karras: job.scheduler.config().use_karras_sigmas,
+        guidance: p.guidance,
+        seed: p.seed,
+        width: job.layout.width,
+        height: job.layout.height,
+        model_set_digest: run.digest,
+        model: run.set_name,
+        controlnet_scale: p.controlnet_scale,
+        control_guidance_start: p.control_guidance_start,
+        control_guidance_end: p.control_guidance_end,
+        id_injection_ratio: p.id_injection_ratio,
+        people: job.layout.people.len(),
+        backend: &run.backend,
+    };
     let mut text = vec![
+        ("parameters", infotext.parameters()),
         ("prompt", p.prompt.clone()),
         ("negative_prompt", p.negative_prompt.clone()),
         ("seed", p.seed.to_string()),
@@ -232,7 +264,7 @@ fn png_text(args: &Args, p: &Params, run: &RunRecord) -> Vec<(&'static str, Stri
             p.control_guidance_start.to_string(),
         ),
         ("control_guidance_end", p.control_guidance_end.to_string()),
-        ("scheduler", run.scheduler.to_string()),
+        ("scheduler", scheduler.name().to_string()),
         ("model_set", run.set_name.to_string()),
         ("model_set_digest", run.digest.to_string()),
         ("model_set_checksums", run.checksums.to_string()),

@@ -13,6 +13,7 @@ mod faces;
 mod generate;
 mod layout;
 mod output;
+mod sampling_args;
 mod schedule;
 mod tokenize;
 mod validate;
