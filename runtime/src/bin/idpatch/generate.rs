@@ -1,6 +1,7 @@
 //! `idpatch generate`: a group photo from a layout, face photos and a prompt.
 
 use std::io::IsTerminal;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,7 +11,7 @@ use idpatch::image_io;
 use idpatch::infotext::Infotext;
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet};
-use idpatch::pipeline::{self, Generated, Job, Models, Params, Tokenizers};
+use idpatch::pipeline::{self, Generated, Job, Models, Params, StepProgress, Tokenizers};
 use idpatch::scheduler::SchedulerKind;
 use idpatch::{fsutil, npy, Error};
 
@@ -167,13 +168,14 @@ fn generate(args: &Args) -> anyhow::Result<ExitCode> {
     args.backend.check_resolved(backend.as_ref())?;
 
     let show_progress = std::io::stderr().is_terminal();
-    let mut progress = |done: usize, total: usize| {
+    let mut progress = |p: &StepProgress| {
         if show_progress {
-            note_inline!("\rdenoising: step {done}/{total}");
-            if done == total {
+            note_inline!("\rdenoising: step {}/{}", p.step, p.steps);
+            if p.step == p.steps {
                 note!();
             }
         }
+        ControlFlow::Continue(())
     };
     let mut generated = pipeline::generate(&mut models, &job, &mut progress)?;
     generated.timings.load_graphs = load_graphs;
