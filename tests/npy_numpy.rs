@@ -5,7 +5,6 @@ mod common;
 
 use half::f16;
 use idpatch::npy;
-use idpatch::tensor::TensorData;
 use idpatch::Tensor;
 
 /// The tensor a reference case describes (floats given as their bit patterns).
@@ -19,24 +18,26 @@ fn expected_tensor(case: &serde_json::Value) -> Tensor {
     let values = case["values"].as_array().unwrap();
     let bits = |v: &serde_json::Value| v.as_u64().unwrap();
     let ints = |v: &serde_json::Value| v.as_i64().unwrap();
-    let data = match case["dtype"].as_str().unwrap() {
-        "float32" => TensorData::F32(
+    match case["dtype"].as_str().unwrap() {
+        "float32" => Tensor::from_shape_vec(
+            shape,
             values
                 .iter()
                 .map(|v| f32::from_bits(bits(v) as u32))
                 .collect(),
         ),
-        "float16" => TensorData::F16(
+        "float16" => Tensor::from_shape_vec(
+            shape,
             values
                 .iter()
                 .map(|v| f16::from_bits(bits(v) as u16))
                 .collect(),
         ),
-        "int64" => TensorData::I64(values.iter().map(ints).collect()),
-        "int32" => TensorData::I32(values.iter().map(|v| ints(v) as i32).collect()),
+        "int64" => Tensor::from_shape_vec(shape, values.iter().map(ints).collect()),
+        "int32" => Tensor::from_shape_vec(shape, values.iter().map(|v| ints(v) as i32).collect()),
         other => panic!("unexpected dtype {other}"),
-    };
-    Tensor::new(shape, data).unwrap()
+    }
+    .unwrap()
 }
 
 // Expected: numpy 2.4.6 numpy.save of each array (tests/reference/npy.py).

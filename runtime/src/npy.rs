@@ -158,29 +158,34 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
 
 /// The tensor of a checked header and exactly its data bytes.
 fn tensor(header: Header, data: &[u8]) -> std::result::Result<Tensor, String> {
-    let data = match header.descr {
-        "<f4" => TensorData::F32(
+    let shape = header.shape;
+    match header.descr {
+        "<f4" => Tensor::from_shape_vec(
+            shape,
             data.chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect(),
         ),
-        "<f2" => TensorData::F16(
+        "<f2" => Tensor::from_shape_vec(
+            shape,
             data.chunks_exact(2)
                 .map(|c| f16::from_le_bytes(c.try_into().unwrap()))
                 .collect(),
         ),
-        "<i8" => TensorData::I64(
+        "<i8" => Tensor::from_shape_vec(
+            shape,
             data.chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
                 .collect(),
         ),
-        _ => TensorData::I32(
+        _ => Tensor::from_shape_vec(
+            shape,
             data.chunks_exact(4)
                 .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
                 .collect(),
         ),
-    };
-    Tensor::new(header.shape, data).map_err(|e| e.to_string())
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// The raw text of `key`'s value in a header dict such as
@@ -271,12 +276,8 @@ mod tests {
         let tensors = [
             Tensor::from_f32(vec![2, 3], vec![0.5, -1.0, 2.0, 3.25, 1e-8, f32::MAX]).unwrap(),
             Tensor::from_i64(vec![3], vec![49406, -1, 0]).unwrap(),
-            Tensor::new(
-                vec![1, 2],
-                TensorData::F16(vec![f16::from_f32(0.1), f16::ONE]),
-            )
-            .unwrap(),
-            Tensor::new(vec![0], TensorData::I32(vec![])).unwrap(),
+            Tensor::from_shape_vec(vec![1, 2], vec![f16::from_f32(0.1), f16::ONE]).unwrap(),
+            Tensor::from_shape_vec::<i32>(vec![0], vec![]).unwrap(),
         ];
         for t in tensors {
             let bytes = to_bytes(&t);

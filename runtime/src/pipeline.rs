@@ -30,6 +30,8 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
+use ndarray::ArrayView3;
+
 use crate::backend::{load_checked, Backend, Graph};
 use crate::face;
 use crate::image_io::{self, Rgb8};
@@ -194,7 +196,7 @@ pub fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tenso
             ));
         }
     }
-    let mut data = Vec::with_capacity(layout.people.len() * 3 * size * size);
+    let mut inputs = Vec::with_capacity(layout.people.len());
     for (i, person) in layout.people.iter().enumerate() {
         let name = format!("layout people[{i}].face");
         let loaded;
@@ -236,13 +238,11 @@ pub fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tenso
             ));
         }
         let what = format!("layout people[{i}].face_keypoints");
-        let input = face::arcface_input(img, keypoints.as_ref(), &what)?;
-        let input = input
-            .as_f32()
-            .ok_or_else(|| Error::invalid_input(&name, "the ArcFace input is not float32"))?;
-        data.extend_from_slice(input);
+        inputs.push(face::arcface_input(img, keypoints.as_ref(), &what)?);
     }
-    Tensor::from_f32(vec![layout.people.len(), 3, size, size], data)
+    // Each input is (1, 3, 112, 112): joined on the batch axis.
+    let inputs: Vec<&Tensor> = inputs.iter().collect();
+    Tensor::concatenate(0, &inputs)
 }
 
 /// What [`prepare`] gives the graph stages: everything about one generation that is checked
@@ -475,19 +475,18 @@ pub fn generate(
 /// A (3, H, W) planar image in [0, 1] as 8-bit RGB: `x * 255` rounded half away from zero.
 /// (diffusers' `numpy_to_pil` rounds half to even; the two differ only on exact halves.)
 pub fn to_rgb8(planar: &[f32], width: usize, height: usize) -> Result<Rgb8> {
-    let plane = width * height;
-    if planar.len() != 3 * plane {
-        return Err(Error::invalid_input(
+    let planar = ArrayView3::from_shape((3, height, width), planar).map_err(|_| {
+        Error::invalid_input(
             "image",
             format!("{} values for a 3x{height}x{width} image", planar.len()),
-        ));
-    }
-    let mut rgb = vec![0u8; 3 * plane];
-    for (p, px) in rgb.chunks_exact_mut(3).enumerate() {
-        for (c, v) in px.iter_mut().enumerate() {
-            *v = (planar[c * plane + p].clamp(0.0, 1.0) * 255.0).round() as u8;
-        }
-    }
+        )
+    })?;
+    // (3, H, W) read as (H, W, 3): the logical order of the permuted view is interleaved RGB.
+    let rgb = planar
+        .permuted_axes([1, 2, 0])
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
     Rgb8::new(width, height, rgb)
 }
 

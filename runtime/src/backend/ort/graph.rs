@@ -128,12 +128,12 @@ impl Source<'_> {
 /// panics on failure), and its transfer helper binds the view again under the lock it already
 /// holds, which deadlocks.
 fn owned_value(tensor: Tensor) -> ::ort::Result<DynTensor> {
-    let shape = tensor.shape().to_vec();
+    // An owned standard-layout array is taken over by ort as it is (no copy).
     Ok(match tensor.into_data() {
-        TensorData::F32(v) => ::ort::value::Tensor::from_array((shape, v))?.upcast(),
-        TensorData::F16(v) => ::ort::value::Tensor::from_array((shape, v))?.upcast(),
-        TensorData::I64(v) => ::ort::value::Tensor::from_array((shape, v))?.upcast(),
-        TensorData::I32(v) => ::ort::value::Tensor::from_array((shape, v))?.upcast(),
+        TensorData::F32(a) => ::ort::value::Tensor::from_array(a)?.upcast(),
+        TensorData::F16(a) => ::ort::value::Tensor::from_array(a)?.upcast(),
+        TensorData::I64(a) => ::ort::value::Tensor::from_array(a)?.upcast(),
+        TensorData::I32(a) => ::ort::value::Tensor::from_array(a)?.upcast(),
     })
 }
 
@@ -495,12 +495,7 @@ fn element_type(d: DType) -> TensorElementType {
 
 /// Bytes of a host tensor's elements.
 fn host_bytes(t: &Tensor) -> u64 {
-    let size = match t.dtype() {
-        DType::Float32 | DType::Int32 => 4,
-        DType::Float16 => 2,
-        DType::Int64 => 8,
-    };
-    (t.len() * size) as u64
+    t.bytes() as u64
 }
 
 /// Bytes of an ORT tensor's elements.
@@ -511,24 +506,23 @@ fn ort_bytes(t: &DynTensor) -> u64 {
 }
 
 fn ort_to_host(t: &DynTensor) -> std::result::Result<Tensor, String> {
-    let shape: Vec<usize> = t.shape().iter().map(|&d| d as usize).collect();
     let err = |e: ::ort::Error| e.to_string();
-    let data = match t.data_type() {
+    // One copy, out of ORT's buffer into a new standard-layout array.
+    Ok(match t.data_type() {
         TensorElementType::Float32 => {
-            TensorData::F32(t.try_extract_tensor::<f32>().map_err(err)?.1.to_vec())
+            Tensor::from_array(t.try_extract_array::<f32>().map_err(err)?.to_owned())
         }
         TensorElementType::Float16 => {
-            TensorData::F16(t.try_extract_tensor::<half::f16>().map_err(err)?.1.to_vec())
+            Tensor::from_array(t.try_extract_array::<half::f16>().map_err(err)?.to_owned())
         }
         TensorElementType::Int64 => {
-            TensorData::I64(t.try_extract_tensor::<i64>().map_err(err)?.1.to_vec())
+            Tensor::from_array(t.try_extract_array::<i64>().map_err(err)?.to_owned())
         }
         TensorElementType::Int32 => {
-            TensorData::I32(t.try_extract_tensor::<i32>().map_err(err)?.1.to_vec())
+            Tensor::from_array(t.try_extract_array::<i32>().map_err(err)?.to_owned())
         }
         other => return Err(format!("unsupported element type {other}")),
-    };
-    Tensor::new(shape, data).map_err(|e| e.to_string())
+    })
 }
 
 /// The graph's declared inputs and outputs, as the session reports them.
