@@ -14,7 +14,7 @@ use tract_onnx::prelude::{
 };
 
 use super::{check_run_inputs, Backend, Graph, GraphIo, Value};
-use crate::manifest::{Dim, Role, TensorSpec};
+use crate::manifest::{Dim, GraphEntry, Role, TensorSpec};
 use crate::tensor::{DType, Element, Tensor};
 use crate::{Error, Result};
 
@@ -32,7 +32,7 @@ impl Backend for TractBackend {
         "tract".into()
     }
 
-    fn load(&self, role: Role, path: &Path) -> Result<Box<dyn Graph>> {
+    fn load(&self, role: Role, path: &Path, _entry: Option<&GraphEntry>) -> Result<Box<dyn Graph>> {
         let onnx = tract_onnx::onnx();
         let proto = onnx.proto_model_for_path(path).map_err(|e| {
             Error::model_set(
