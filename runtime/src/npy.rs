@@ -1,7 +1,7 @@
 //! Reading and writing NumPy `.npy` files through the `npyz` crate, for golden tensors, `--raw`
 //! dumps and user-supplied arrays such as initial noise or ID patches.
 //!
-//! [`read`] and [`write`] handle the four dtypes graphs exchange as a [`Tensor`] (float32,
+//! [`read`] and [`write()`] handle the four dtypes graphs exchange as a [`Tensor`] (float32,
 //! float16, int64, int32); [`read_array`] and [`write_array`] any [`NpyElement`] (those four,
 //! float64 and uint8) as an `ndarray` array. Any byte order and C or Fortran order are read;
 //! files are written as `numpy.save` writes them (format 1.0, little-endian, C order, the header
@@ -342,7 +342,7 @@ pub fn write(path: &Path, tensor: &Tensor) -> Result<()> {
     crate::fsutil::write_atomic(path, &to_bytes(tensor))
 }
 
-/// Writes `array` to `path` as [`write`] does.
+/// Writes `array` to `path` as [`write()`] does.
 pub fn write_array<T: NpyElement>(path: &Path, array: &ArrayD<T>) -> Result<()> {
     crate::fsutil::write_atomic(path, &array_to_bytes(array))
 }

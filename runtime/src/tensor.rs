@@ -22,6 +22,7 @@ pub enum DType {
 }
 
 impl DType {
+    /// NumPy's name of the dtype (`float32`, `float16`, `int64`, `int32`).
     pub fn name(self) -> &'static str {
         match self {
             DType::Float32 => "float32",
@@ -141,14 +142,18 @@ impl Tensor {
         Ok(Self::from_array(array))
     }
 
+    /// A float32 tensor of `shape` over a row-major buffer. Errors: [`Error::InvalidInput`] when
+    /// the buffer's length is not the shape's product.
     pub fn from_f32(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
         Self::from_shape_vec(shape, data)
     }
 
+    /// An int64 tensor of `shape` over a row-major buffer; errors as [`Tensor::from_f32`].
     pub fn from_i64(shape: Vec<usize>, data: Vec<i64>) -> Result<Self> {
         Self::from_shape_vec(shape, data)
     }
 
+    /// A tensor of `shape` and `dtype` filled with zeros.
     pub fn zeros(shape: Vec<usize>, dtype: DType) -> Self {
         let shape = IxDyn(&shape);
         let data = match dtype {
@@ -160,18 +165,22 @@ impl Tensor {
         Tensor { data }
     }
 
+    /// The dimensions, outermost first (empty for a scalar).
     pub fn shape(&self) -> &[usize] {
         each!(&self.data, a => a.shape())
     }
 
+    /// Number of elements (the shape's product; 1 for a scalar).
     pub fn len(&self) -> usize {
         each!(&self.data, a => a.len())
     }
 
+    /// Whether the tensor has no element (some dimension is 0).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The element type.
     pub fn dtype(&self) -> DType {
         match self.data {
             TensorData::F32(_) => DType::Float32,
@@ -186,10 +195,12 @@ impl Tensor {
         self.len() * self.dtype().size()
     }
 
+    /// The array, by element type.
     pub fn data(&self) -> &TensorData {
         &self.data
     }
 
+    /// The owned array, by element type.
     pub fn into_data(self) -> TensorData {
         self.data
     }

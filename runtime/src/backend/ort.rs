@@ -96,6 +96,8 @@ pub use library::{find_library, library_candidates, ORT_LIB_FILE, ORT_VERSION};
 pub use options::{Ep, OrtOptions, Residency, ShapeRanges};
 pub use tensorrt::{default_trt_cache_root, trt_cache_dir, trt_profile_shapes, ProfileShapes};
 
+/// The ONNX Runtime backend: the library (loaded once per process), its environment, the
+/// options, the provider settled on and the byte counters shared with every graph it loads.
 pub struct OrtBackend {
     options: OrtOptions,
     library: PathBuf,
@@ -144,6 +146,7 @@ impl OrtBackend {
         })
     }
 
+    /// The path of the ONNX Runtime library in use.
     pub fn library(&self) -> &Path {
         &self.library
     }

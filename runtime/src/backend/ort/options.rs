@@ -18,6 +18,7 @@ pub enum Ep {
 }
 
 impl Ep {
+    /// The `--ep` value: `cpu`, `cuda`, `tensorrt` or `auto`.
     pub fn name(self) -> &'static str {
         match self {
             Ep::Cpu => "cpu",
