@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::tiny_dir;
 
@@ -252,10 +252,10 @@ fn bench_compare_gives_each_flag_to_a_configuration_that_honours_it() {
 
 /// libonnxruntime 1.31.1: ORT_DYLIB_PATH, else where scripts/fetch-onnxruntime.sh puts it.
 #[cfg(feature = "ort")]
-fn ort_lib() -> PathBuf {
+fn ort_lib() -> std::path::PathBuf {
     let path = std::env::var_os("ORT_DYLIB_PATH")
         .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
+        .map(std::path::PathBuf::from)
         .unwrap_or_else(|| common::root().join("target/onnxruntime/libonnxruntime.so.1.31.1"));
     assert!(
         path.is_file(),

@@ -651,9 +651,9 @@ fn bad_inputs_exit_2_with_one_line_and_no_output() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// Copies the tiny set (top-level files and the tokenizer folder) into `dest`.
+/// Copies the tiny set (top-level files and the two tokenizer folders) into `dest`.
 fn copy_tiny_set(dest: &Path) {
-    for sub in ["", "tokenizer"] {
+    for sub in ["", "tokenizer", "tokenizer_2"] {
         std::fs::create_dir_all(dest.join(sub)).unwrap();
         for entry in std::fs::read_dir(tiny_dir().join(sub)).unwrap() {
             let entry = entry.unwrap();

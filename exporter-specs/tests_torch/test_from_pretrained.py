@@ -127,7 +127,10 @@ class FromPretrainedTest(unittest.TestCase):
         self.assertEqual(validate.returncode, 0, validate.stdout + validate.stderr)
         for name in GRAPHS:
             self.assertIn(name, validate.stdout)
-            self.assertLess(graph_errors(out, name, self.default), 1e-4, name)
+            # The face detector comes from the facenet-pytorch wheel, not from the stand-ins;
+            # `validate` above compared it with its PyTorch goldens.
+            if not name.startswith("face_detector_"):
+                self.assertLess(graph_errors(out, name, self.default), 1e-4, name)
         manifest = json.loads((out / "manifest.json").read_text())
         config = manifest["config"]
         self.assertEqual((config["text_dim_1"], config["text_dim_2"], config["pooled_dim"]), (32, 32, 24))

@@ -118,12 +118,16 @@ impl Layout {
         let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| Error::invalid_input("layout", format!("not valid JSON: {e}")))?;
         let file: LayoutFile = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let input = match path.as_str() {
-                "." => "layout".to_string(),
-                path => format!("layout {path}"),
+            let reason = e.inner().to_string();
+            let segments: Vec<_> = e.path().iter().collect();
+            // An unknown field is a mistake of the object holding it: name that object, as
+            // the message already names the field.
+            let shown = if reason.starts_with("unknown field") {
+                &segments[..segments.len().saturating_sub(1)]
+            } else {
+                &segments[..]
             };
-            Error::invalid_input(input, e.into_inner().to_string())
+            Error::invalid_input(field_path(shown), reason)
         })?;
         let (width, height) = (file.width.0, file.height.0);
         if file.people.is_empty() {
@@ -168,6 +172,21 @@ impl Layout {
     pub fn is_pose_free(&self) -> bool {
         self.people.iter().all(|p| p.keypoints().is_none())
     }
+}
+
+/// `layout` followed by a serde path as `serde_path_to_error` writes it (`people[1].keypoints`).
+fn field_path(segments: &[&serde_path_to_error::Segment]) -> String {
+    let mut out = String::from("layout");
+    for (i, segment) in segments.iter().enumerate() {
+        let separator = match (i, segment) {
+            (_, serde_path_to_error::Segment::Seq { .. }) => "",
+            (0, _) => " ",
+            _ => ".",
+        };
+        out.push_str(separator);
+        out.push_str(&segment.to_string());
+    }
+    out
 }
 
 /// The file as written: field names, types and shapes (serde), before the checks that span
@@ -526,7 +545,9 @@ mod tests {
                 "layout people[1].keypoints: expected 17 entries, got 16",
             ),
             (
-                person_with(r#""position": [1, 2], "keypoints": []"#),
+                person_with(&format!(
+                    r#""position": [1, 2], "keypoints": [[0, 0, 1], {short}]"#
+                )),
                 "layout people[1]: has both",
             ),
             (
