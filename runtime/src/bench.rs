@@ -5,15 +5,15 @@
 //! [`time_pipeline`] times the whole pipeline instead: graphs loaded once, then `prepare` and
 //! `generate` per run, summarised per stage of [`Timings`].
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, Graph, Value};
-use crate::denoise::GenerationTraffic;
 use crate::face::ARCFACE_SIZE;
 use crate::image_io::Rgb8;
 use crate::layout::{Layout, Person, Placement, MAX_PEOPLE};
 use crate::manifest::{Dim, ModelSet, Role, TensorSpec};
-use crate::pipeline::{self, Models, Params, Timings, Tokenizers};
+use crate::pipeline::{self, GenerationTraffic, Models, Params, Timings, Tokenizers};
 use crate::tensor::{DType, Tensor};
 use crate::{npy, Error, Result};
 
@@ -397,7 +397,7 @@ pub fn time_pipeline(
     let mut traffic = None;
     for run in 0..warmup + runs {
         let job = prepare(&models.set)?;
-        let generated = pipeline::generate(&mut models, &job, &mut |_, _| {})?;
+        let generated = pipeline::generate(&mut models, &job, &mut |_| ControlFlow::Continue(()))?;
         if run >= warmup {
             timings.push(generated.timings);
             traffic = generated.traffic;

@@ -25,6 +25,7 @@ pub mod scheduler;
 pub mod splice;
 pub mod stages;
 pub mod tensor;
+pub mod timings;
 pub mod tokenizer;
 pub mod validate;
 

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use tract_onnx::pb;
 use tract_onnx::pb::tensor_shape_proto::dimension;
 use tract_onnx::prelude::{
-    self as tp, DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, IntoTensor,
-    TValue, TypedRunnableModel,
+    self as tp, DatumType, Framework, InferenceFact, InferenceModelExt, IntoRunnable, TValue,
+    TypedRunnableModel,
 };
 
 use super::{check_run_inputs, Backend, Graph, GraphIo, Value};
-use crate::manifest::{Dim, Role, TensorSpec};
-use crate::tensor::{DType, Tensor, TensorData};
+use crate::manifest::{Dim, GraphEntry, Role, TensorSpec};
+use crate::tensor::{DType, Element, Tensor};
 use crate::{Error, Result};
 
 #[derive(Debug, Default, Clone)]
@@ -32,7 +32,7 @@ impl Backend for TractBackend {
         "tract".into()
     }
 
-    fn load(&self, role: Role, path: &Path) -> Result<Box<dyn Graph>> {
+    fn load(&self, role: Role, path: &Path, _entry: Option<&GraphEntry>) -> Result<Box<dyn Graph>> {
         let onnx = tract_onnx::onnx();
         let proto = onnx.proto_model_for_path(path).map_err(|e| {
             Error::model_set(
@@ -170,45 +170,35 @@ fn datum_type(dtype: DType) -> DatumType {
     }
 }
 
+/// A tract tensor with `t`'s values: one copy, into tract's aligned storage (tract's f16 is
+/// `half`'s).
 fn to_tract(t: &Tensor) -> tp::TractResult<tp::Tensor> {
-    let shape = t.shape();
-    Ok(match t.data() {
-        TensorData::F32(v) => {
-            tp::tract_ndarray::ArrayD::from_shape_vec(shape, v.clone())?.into_tensor()
-        }
-        TensorData::F16(v) => {
-            let v: Vec<tp::f16> = v.iter().map(|x| tp::f16::from_bits(x.to_bits())).collect();
-            tp::tract_ndarray::ArrayD::from_shape_vec(shape, v)?.into_tensor()
-        }
-        TensorData::I64(v) => {
-            tp::tract_ndarray::ArrayD::from_shape_vec(shape, v.clone())?.into_tensor()
-        }
-        TensorData::I32(v) => {
-            tp::tract_ndarray::ArrayD::from_shape_vec(shape, v.clone())?.into_tensor()
-        }
-    })
+    fn copy<T: tp::Datum + Element>(t: &Tensor) -> tp::TractResult<tp::Tensor> {
+        let values = t
+            .as_slice::<T>()
+            .ok_or_else(|| anyhow::anyhow!("a {} tensor read as {:?}", t.dtype(), T::DTYPE))?;
+        tp::Tensor::from_shape(t.shape(), values)
+    }
+    match t.dtype() {
+        DType::Float32 => copy::<f32>(t),
+        DType::Float16 => copy::<half::f16>(t),
+        DType::Int64 => copy::<i64>(t),
+        DType::Int32 => copy::<i32>(t),
+    }
 }
 
+/// A host tensor with a tract output's values (one copy, out of tract's storage).
 fn from_tract(v: &tp::Tensor) -> tp::TractResult<Tensor> {
-    let shape = v.shape().to_vec();
-    let data = match v.datum_type() {
-        DatumType::F32 => TensorData::F32(plain::<f32>(v)?),
-        DatumType::F16 => TensorData::F16(
-            plain::<tp::f16>(v)?
-                .iter()
-                .map(|x| half::f16::from_bits(x.to_bits()))
-                .collect(),
-        ),
-        DatumType::I64 => TensorData::I64(plain::<i64>(v)?),
-        DatumType::I32 => TensorData::I32(plain::<i32>(v)?),
+    fn copy<T: tp::Datum + Element>(v: &tp::Tensor) -> tp::TractResult<Tensor> {
+        Ok(Tensor::from_array(v.to_plain_array_view::<T>()?.to_owned()))
+    }
+    match v.datum_type() {
+        DatumType::F32 => copy::<f32>(v),
+        DatumType::F16 => copy::<half::f16>(v),
+        DatumType::I64 => copy::<i64>(v),
+        DatumType::I32 => copy::<i32>(v),
         other => anyhow::bail!("unsupported output type {other:?}"),
-    };
-    Tensor::new(shape, data).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// A tensor's values in logical (row-major) order.
-fn plain<T: tp::Datum + Copy>(v: &tp::Tensor) -> tp::TractResult<Vec<T>> {
-    Ok(v.to_plain_array_view::<T>()?.iter().copied().collect())
+    }
 }
 
 /// The graph's declared inputs (initializers excluded) and outputs.

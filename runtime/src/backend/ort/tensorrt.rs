@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::ShapeRanges;
 use crate::backend::GraphIo;
-use crate::manifest::{sha256_file, Dim, GraphEntry, Manifest, MANIFEST_FILE};
+use crate::manifest::{sha256_file, Dim, GraphEntry};
 use crate::Result;
 
 /// The `trt_profile_{min,opt,max}_shapes` strings.
@@ -77,19 +77,11 @@ pub fn trt_cache_dir(root: &Path, graph_sha256: &str, gpu: &str) -> PathBuf {
 }
 
 /// The manifest entry for a graph file, when the file sits in a set directory that lists it.
-pub(super) fn manifest_entry(path: &Path) -> Option<GraphEntry> {
-    let dir = path.parent()?;
-    let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).ok()?;
-    let manifest: Manifest = serde_json::from_str(&text).ok()?;
-    let file = path.file_name()?.to_str()?;
-    manifest.graphs.into_values().find(|g| g.file == file)
-}
-
-/// A digest that changes with the graph's weights: from the manifest's sha256 of the graph file
-/// and of its external data when a manifest lists it, else the sha256 of the file itself.
-pub(super) fn graph_digest(path: &Path) -> Result<String> {
+/// A digest that changes with the graph's weights: from the manifest entry's sha256 of the graph
+/// file and of its external data when there is an entry, else the sha256 of the file itself.
+pub(super) fn graph_digest(path: &Path, entry: Option<&GraphEntry>) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let Some(entry) = manifest_entry(path) else {
+    let Some(entry) = entry else {
         return sha256_file(path);
     };
     let mut hasher = Sha256::new();

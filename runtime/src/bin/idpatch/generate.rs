@@ -1,6 +1,7 @@
 //! `idpatch generate`: a group photo from a layout, face photos and a prompt.
 
 use std::io::IsTerminal;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -10,7 +11,7 @@ use idpatch::image_io;
 use idpatch::infotext::Infotext;
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet};
-use idpatch::pipeline::{self, Generated, Job, Models, Params, Tokenizers};
+use idpatch::pipeline::{self, Generated, Job, Models, Params, StepProgress, Tokenizers};
 use idpatch::scheduler::SchedulerKind;
 use idpatch::{fsutil, npy, Error};
 
@@ -100,28 +101,7 @@ fn generate(args: &Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
 
     // Everything a user can get wrong is checked before a graph is loaded.
-    let scheduler = args
-        .scheduler
-        .as_deref()
-        .map(str::parse::<SchedulerKind>)
-        .transpose()?;
-    let defaults = Params::default();
-    let params = Params {
-        prompt: args.prompt.clone(),
-        negative_prompt: args.negative_prompt.clone(),
-        steps: args.sampling.steps().unwrap_or(defaults.steps),
-        guidance: args.sampling.guidance().unwrap_or(defaults.guidance),
-        controlnet_scale: args
-            .sampling
-            .controlnet_scale()
-            .unwrap_or(defaults.controlnet_scale),
-        id_injection_ratio: args.id_injection_ratio,
-        scheduler,
-        seed: args.seed,
-        bf16_positions: args.bf16_positions,
-        control_guidance_start: args.control_guidance_start,
-        control_guidance_end: args.control_guidance_end,
-    };
+    let params = params(args)?;
     params.check()?;
     args.backend.check()?;
     let mut layout = Layout::load(&args.layout, true)?;
@@ -166,16 +146,7 @@ fn generate(args: &Args) -> anyhow::Result<ExitCode> {
     let load_graphs = load_started.elapsed();
     args.backend.check_resolved(backend.as_ref())?;
 
-    let show_progress = std::io::stderr().is_terminal();
-    let mut progress = |done: usize, total: usize| {
-        if show_progress {
-            note_inline!("\rdenoising: step {done}/{total}");
-            if done == total {
-                note!();
-            }
-        }
-    };
-    let mut generated = pipeline::generate(&mut models, &job, &mut progress)?;
+    let mut generated = pipeline::generate(&mut models, &job, &mut progress())?;
     generated.timings.load_graphs = load_graphs;
 
     // What ran: `--ep auto` is recorded as the provider it settled on.
@@ -191,6 +162,47 @@ fn generate(args: &Args) -> anyhow::Result<ExitCode> {
         note!("{}", traffic.summary());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The generation parameters the flags give (range checks are [`Params::check`]'s).
+fn params(args: &Args) -> anyhow::Result<Params> {
+    let scheduler = args
+        .scheduler
+        .as_deref()
+        .map(str::parse::<SchedulerKind>)
+        .transpose()?;
+    let defaults = Params::default();
+    Ok(Params {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        steps: args.sampling.steps().unwrap_or(defaults.steps),
+        guidance: args.sampling.guidance().unwrap_or(defaults.guidance),
+        controlnet_scale: args
+            .sampling
+            .controlnet_scale()
+            .unwrap_or(defaults.controlnet_scale),
+        id_injection_ratio: args.id_injection_ratio,
+        scheduler,
+        seed: args.seed,
+        bf16_positions: args.bf16_positions,
+        control_guidance_start: args.control_guidance_start,
+        control_guidance_end: args.control_guidance_end,
+    })
+}
+
+/// The per-step callback: "denoising: step i/N" on one line of stderr when it is a terminal;
+/// it never stops the loop.
+fn progress() -> impl FnMut(&StepProgress) -> ControlFlow<()> {
+    let show_progress = std::io::stderr().is_terminal();
+    move |p: &StepProgress| {
+        if show_progress {
+            note_inline!("\rdenoising: step {}/{}", p.step, p.steps);
+            if p.step == p.steps {
+                note!();
+            }
+        }
+        ControlFlow::Continue(())
+    }
 }
 
 /// Encodes every output first, then writes them all together: none or all appear.
