@@ -637,6 +637,58 @@ fn config_values_that_would_break_the_pipeline_are_set_errors() {
 }
 
 #[test]
+fn config_sizes_that_disagree_with_the_graphs_are_set_errors() {
+    use serde_json::json;
+    // Each value is valid on its own; the message gives the graph dim the manifest declares
+    // (the exporter writes config and shapes from one model configuration).
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        (
+            "pooled_dim",
+            json!(25),
+            "config.pooled_dim is 25; graph text_encoder_2 output text_embeds has 24 on axis 1",
+        ),
+        (
+            "id_embedding_dim",
+            json!(256),
+            "config.id_embedding_dim is 256; graph arcface output embedding has 512 on axis 1",
+        ),
+        (
+            "down_residuals",
+            json!(12),
+            "config.down_residuals is 12; graph controlnet has 9 output down_residual_* tensors",
+        ),
+        (
+            "latent_channels",
+            json!(16),
+            "config.latent_channels is 16; graph unet input sample has 4 on axis 1",
+        ),
+    ];
+    for (field, value, needle) in cases {
+        let dir = manifest_only(|m| m["config"][field] = value.clone());
+        let err = open_error(dir.path());
+        assert!(
+            err.contains(needle),
+            "{field}={value}: {needle:?} not in {err:?}"
+        );
+    }
+    // text_dim_1 and text_dim_2 must still add up to cross_attention_dim.
+    let dir = manifest_only(|m| {
+        m["config"]["text_dim_1"] = json!(40);
+        m["config"]["text_dim_2"] = json!(24);
+    });
+    let err = open_error(dir.path());
+    let needle =
+        "config.text_dim_1 is 40; graph text_encoder output hidden_states has 32 on axis 2";
+    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    // A graph that no longer declares a tensor the config sizes.
+    let dir = manifest_only(|m| m["graphs"]["prompt_proj"]["outputs"][0]["name"] = json!("tokens"));
+    let err = open_error(dir.path());
+    let needle =
+        "graph prompt_proj: declares no output id_tokens (config.cross_attention_dim is its size)";
+    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+}
+
+#[test]
 fn scheduler_values_that_would_break_the_schedule_are_set_errors() {
     use serde_json::json;
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![

@@ -7,6 +7,7 @@ pub mod backend;
 pub mod bench;
 pub mod checksum;
 pub mod condition;
+pub mod config_dims;
 pub mod denoise;
 pub mod detect;
 pub mod error;

@@ -18,6 +18,8 @@ use crate::tensor::DType;
 use crate::{Error, Result};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// Largest `manifest.json` read, in bytes (a full set's is about 30 KB).
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 /// Format 3 lists one `tokenizer.json` per tokenizer (`file`, `sha256`); format 2 listed CLIP's
 /// `vocab.json` and `merges.txt` with a pad id, and is refused.
 pub const FORMAT_VERSION: u32 = 3;
@@ -379,6 +381,8 @@ impl ModelSet {
         }
         check_tokenizer_section(&m.tokenizers).map_err(|r| self.error(r))?;
         m.config.check().map_err(|r| self.error(r))?;
+        crate::config_dims::check(&m.config, |role| m.graphs.get(role.name()))
+            .map_err(|r| self.error(r))?;
         let scheduler = m
             .scheduler
             .as_object()
@@ -455,7 +459,7 @@ fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
         return Err(Error::model_set(&set_name, "directory does not exist"));
     }
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path)
+    let text = crate::fsutil::read_text_limited(&path, MAX_MANIFEST_BYTES, "manifest")
         .map_err(|e| Error::model_set(&set_name, format!("cannot read {MANIFEST_FILE}: {e}")))?;
     let raw: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::model_set(&set_name, format!("{MANIFEST_FILE} is malformed: {e}")))?;
@@ -615,8 +619,12 @@ fn verify_files(
     cache: &ChecksumCache,
 ) -> std::result::Result<(), String> {
     for (what, file, _) in files {
-        if !dir.join(file).is_file() {
-            return Err(format!("{what}: file {file} is missing"));
+        match crate::fsutil::regular_file_problem(&dir.join(file)) {
+            Some(problem) if problem == "does not exist" => {
+                return Err(format!("{what}: file {file} is missing"))
+            }
+            Some(problem) => return Err(format!("{what}: file {file} {problem}")),
+            None => {}
         }
     }
     if checksums == Checksums::Skip {
