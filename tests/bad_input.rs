@@ -440,12 +440,22 @@ fn npy_headers_are_checked_before_the_data_is_read() {
         path
     };
     let overflow = npy("overflow.npy", "(1, 4, 100000000000, 100000000000)", 0);
-    let lying = npy("lying.npy", "(1, 4, 8192, 8192)", 64);
+    // The size this layout needs (1 x 4 x 8 x 8 float32), declared but not held.
+    let lying = npy("lying.npy", "(1, 4, 8, 8)", 64);
     let short = npy("short.npy", "(1, 4, 8, 8)", 1000);
     let cases = [
-        (&overflow, "shape [1, 4, 100000000000, 100000000000] is too large"),
-        (&lying, "data truncated: the header's shape [1, 4, 8192, 8192] needs 1073741824 bytes, the file holds 64"),
-        (&short, "data truncated: the header's shape [1, 4, 8, 8] needs 1024 bytes, the file holds 1000"),
+        (
+            &overflow,
+            "shape [1, 4, 100000000000, 100000000000] is too large",
+        ),
+        (
+            &lying,
+            "data truncated: the header's shape [1, 4, 8, 8] needs 1024 bytes, the file holds 64",
+        ),
+        (
+            &short,
+            "data truncated: the header's shape [1, 4, 8, 8] needs 1024 bytes, the file holds 1000",
+        ),
     ];
     for (path, message) in cases {
         let args = generate(&good, &["--init-noise", s(path), "--out", s(&out)]);
@@ -554,4 +564,99 @@ fn a_closed_stderr_does_not_stop_generate() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(out.exists());
+}
+
+#[test]
+fn usage_errors_are_one_line_and_negative_numbers_reach_the_range_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let photo = common::test_data("mtcnn").join("lfw.png");
+    // Read as values, so the flag's own check answers (clap would take `-1` for a flag).
+    assert_refused(
+        &strings(&["faces", s(&photo), "--min-face-size", "-1"]),
+        "--min-face-size: -1 is not between 12",
+        d,
+    );
+    assert_refused(
+        &generate(
+            &good_layout(d),
+            &["--seed", "-1", "--out", s(&d.join("o.png"))],
+        ),
+        "error: invalid value '-1' for '--seed <SEED>'",
+        d,
+    );
+    // clap's own errors: the first line only (no usage block, no tips), status 2.
+    assert_refused(
+        &strings(&["faces", s(&photo), "--bogus"]),
+        "error: unexpected argument '--bogus' found",
+        d,
+    );
+    assert_refused(
+        &strings(&["faces"]),
+        "error: the following required arguments were not provided",
+        d,
+    );
+}
+
+#[test]
+fn bench_names_the_size_flag_given_with_a_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let layout = good_layout(d);
+    for flag in ["--people", "--width", "--height"] {
+        assert_refused(
+            &strings(&["bench", "--pipeline", "--layout", s(&layout), flag, "64"]),
+            &format!("{flag}: cannot be combined with --layout"),
+            d,
+        );
+    }
+}
+
+#[test]
+fn layout_checks_that_need_no_graph_come_before_face_detection() {
+    // A photo without face keypoints needs the detector; a layout side the set cannot take
+    // (8 is not a multiple of 32) is refused first, with nothing printed about detection.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let path = d.join("small.json");
+    let photo = common::test_data("mtcnn").join("lfw.png");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"width": 8, "height": 64, "people": [{{"face": "{}", "position": [4, 30]}}]}}"#,
+            s(&photo)
+        ),
+    )
+    .unwrap();
+    let out = d.join("o.png");
+    assert_refused(&generate(&path, &["--out", s(&out)]), "layout width: 8", d);
+}
+
+#[test]
+fn init_noise_larger_than_the_layout_needs_is_refused_unread() {
+    // The header declares 2 GiB of float32; the file is sparse, so writing it costs nothing,
+    // but reading it would. The expected size is known from the layout before reading.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let noise = d.join("noise.npy");
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4, 8192, 16384), }";
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    let padded = format!("{header:<117}\n");
+    bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(padded.as_bytes());
+    std::fs::write(&noise, &bytes).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&noise)
+        .unwrap();
+    file.set_len(bytes.len() as u64 + (1u64 << 31)).unwrap();
+    let out = d.join("o.png");
+    assert_refused(
+        &generate(
+            &good_layout(d),
+            &["--init-noise", s(&noise), "--out", s(&out)],
+        ),
+        "holds 2147483648 bytes of data, more than the 1024 expected",
+        d,
+    );
 }

@@ -514,3 +514,59 @@ fn eval_rejects_mismatched_inputs() {
         assert_exit(code, &stderr, 2, want);
     }
 }
+
+#[test]
+fn eval_over_a_directory_prints_nothing_when_an_image_is_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let layout = lfw_layout(d, "l.json", &[0], &[Some(0)]);
+    let images = d.join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::copy(photo("lfw"), images.join("a.png")).unwrap();
+    // Sorted after a.png: a text file named like an image.
+    std::fs::write(images.join("b.png"), "not an image").unwrap();
+    let models = tiny_dir();
+    let args = [
+        "eval",
+        "--layout",
+        s(&layout),
+        "--image",
+        s(&images),
+        "--models",
+        s(&models),
+    ];
+    let (code, stdout, stderr) = run(&args);
+    assert_exit(code, &stderr, 2, "b.png");
+    assert_eq!(stdout, "", "a report cut short");
+    // A folder named like an image is reported, not skipped.
+    std::fs::remove_file(images.join("b.png")).unwrap();
+    std::fs::create_dir(images.join("c.png")).unwrap();
+    let (code, stdout, stderr) = run(&args);
+    assert_exit(code, &stderr, 2, "c.png is a directory, not a regular file");
+    assert_eq!(stdout, "");
+}
+
+#[test]
+fn layout_out_may_be_a_bare_file_name() {
+    // `--out layout.json` in the working folder: its folder is `.`.
+    let dir = tempfile::tempdir().unwrap();
+    let face = dir.path().join("face.png");
+    std::fs::copy(photo("astronaut"), &face).unwrap();
+    let out = common::command()
+        .current_dir(dir.path())
+        .args([
+            "layout",
+            "--reference",
+            s(&photo("lfw")),
+            "--faces",
+            "face.png",
+        ])
+        .args(["--out", "layout.json", "--models", s(&tiny_dir())])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("1 person at"), "{stderr}");
+    let written: Value = read_json(&dir.path().join("layout.json"));
+    assert_eq!(written["people"][0]["face"], "face.png");
+}

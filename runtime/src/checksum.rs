@@ -26,12 +26,15 @@ use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
+/// Largest checksum cache entry read, in bytes.
+const MAX_ENTRY_BYTES: u64 = 64 * 1024;
+
 /// Files whose stamps are younger than this (seconds) are not cached.
 pub const SETTLE_SECONDS: i64 = 2;
 
 /// sha256 of a file's bytes, as 64 lowercase hex digits. Read errors are [`Error::Io`].
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = crate::fsutil::open_for_reading(path, "hashed")?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -199,7 +202,11 @@ impl Key {
 
     /// The cached digest, when the entry parses and matches the path and stamps.
     fn lookup(&self) -> Option<String> {
-        let text = std::fs::read_to_string(&self.entry_path).ok()?;
+        // An entry is a few hundred bytes; anything else (a FIFO, a device, a huge file) is
+        // not one of ours and means hashing again.
+        let text =
+            crate::fsutil::read_text_limited(&self.entry_path, MAX_ENTRY_BYTES, "cache entry")
+                .ok()?;
         let entry: Entry = serde_json::from_str(&text).ok()?;
         (entry.path == self.canonical && entry.stamp == self.stamp && is_sha256(&entry.sha256))
             .then(|| entry.sha256.to_ascii_lowercase())

@@ -12,13 +12,59 @@ use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
 
+/// What keeps `path` from being read as a file, if anything: `"does not exist"`, `"is a
+/// FIFO, not a regular file"`, ... (symbolic links followed). A directory counts as a problem
+/// here; [`open_for_reading`] leaves directories to the caller's own message.
+pub fn regular_file_problem(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => None,
+        Ok(meta) => Some(format!("is {}, not a regular file", file_kind(&meta))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist".into()),
+        Err(e) => Some(format!("cannot be read: {e}")),
+    }
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    }
+}
+
+/// Opens `path` for reading, refusing FIFOs, sockets and devices before opening them: opening a
+/// FIFO without a writer blocks forever, and a device can be endless. `what` names the file in
+/// the error ("image", "layout", ...). Errors: [`Error::InvalidInput`] naming the path for a
+/// special file, [`Error::Io`] when it cannot be opened.
+pub fn open_for_reading(path: &Path, what: &str) -> Result<File> {
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() && !meta.is_dir() {
+            return Err(Error::invalid_input(
+                path.display().to_string(),
+                format!("{what} file is {}, not a regular file", file_kind(&meta)),
+            ));
+        }
+    }
+    File::open(path).map_err(|e| Error::io(path, e))
+}
+
 /// Reads all of `path`, refusing a file of more than `max_bytes` bytes before reading it.
 /// `what` says what the file is in the error ("image", "layout", ...).
 ///
 /// Errors: [`Error::Io`] when the file cannot be opened or read (missing, a directory, no
 /// permission); [`Error::InvalidInput`] naming the path when it is too large.
 pub fn read_limited(path: &Path, max_bytes: u64, what: &str) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = open_for_reading(path, what)?;
     let too_large = |size: String| {
         Error::invalid_input(
             path.display().to_string(),
@@ -85,8 +131,8 @@ pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
     Ok(())
 }
 
-/// The folder a file path is in (`.` for a bare file name).
-fn folder_of(path: &Path) -> &Path {
+/// The folder a file path is in (`.` for a bare file name, whose `parent()` is empty).
+pub fn folder_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -234,13 +234,14 @@ impl PersonFile {
                         "missing: every person needs a face photo",
                     ))
                 }
-                Some(path) if !path.is_file() => {
-                    return Err(Error::invalid_input(
-                        format!("{name}.face"),
-                        format!("{} does not exist", path.display()),
-                    ))
+                Some(path) => {
+                    if let Some(problem) = crate::fsutil::regular_file_problem(path) {
+                        return Err(Error::invalid_input(
+                            format!("{name}.face"),
+                            format!("{} {problem}", path.display()),
+                        ));
+                    }
                 }
-                Some(_) => {}
             }
         }
         let placement = match (self.keypoints, self.position) {

@@ -11,7 +11,6 @@
 //! at most 64 dimensions, the shape's product computed with overflow checks, at most
 //! [`MAX_DATA_BYTES`] of data, and no more data than the file holds.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -120,14 +119,22 @@ impl Header {
 /// Errors: [`Error::Io`] when the file cannot be read; [`Error::InvalidInput`] naming the path
 /// when it is not a readable `.npy` file of those dtypes.
 pub fn read(path: &Path) -> Result<Tensor> {
-    let (header, data) = read_checked(path)?;
+    let (header, data) = read_checked(path, MAX_DATA_BYTES)?;
+    header.tensor(&data).map_err(|e| not_npy(path, e))
+}
+
+/// [`read`] for an input whose size the caller knows: a header declaring more than
+/// `max_data_bytes` of data is refused before any data is read (an `--init-noise` file for
+/// another image size, say, however large).
+pub fn read_at_most(path: &Path, max_data_bytes: u64) -> Result<Tensor> {
+    let (header, data) = read_checked(path, max_data_bytes.min(MAX_DATA_BYTES))?;
     header.tensor(&data).map_err(|e| not_npy(path, e))
 }
 
 /// Reads a `.npy` file of element type `T` (the file's dtype must be `T`'s, in either byte order)
 /// into an array in standard layout, with the checks of [`read`].
 pub fn read_array<T: NpyElement>(path: &Path) -> Result<ArrayD<T>> {
-    let (header, data) = read_checked(path)?;
+    let (header, data) = read_checked(path, MAX_DATA_BYTES)?;
     let array = header.array::<T>(&data).map_err(|e| not_npy(path, e))?;
     Ok(if array.is_standard_layout() {
         array
@@ -143,10 +150,10 @@ fn not_npy(path: &Path, reason: String) -> Error {
     )
 }
 
-/// The checked header of the file at `path` and its data bytes.
-fn read_checked(path: &Path) -> Result<(Header, Vec<u8>)> {
+/// The checked header of the file at `path` and its data bytes, at most `max_data` of them.
+fn read_checked(path: &Path, max_data: u64) -> Result<(Header, Vec<u8>)> {
     let bad = |reason: String| not_npy(path, reason);
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = crate::fsutil::open_for_reading(path, ".npy")?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut prefix = Vec::new();
     (&mut file)
@@ -158,6 +165,15 @@ fn read_checked(path: &Path) -> Result<(Header, Vec<u8>)> {
     file.read_exact(&mut prefix[12.min(header_end)..])
         .map_err(|_| bad("truncated header".into()))?;
     let header = parse_header(&prefix).map_err(bad)?;
+    if header.data_len as u64 > max_data {
+        return Err(Error::invalid_input(
+            path.display().to_string(),
+            format!(
+                "the header's shape {:?} holds {} bytes of data, more than the {max_data} expected",
+                header.shape, header.data_len
+            ),
+        ));
+    }
     let available = file_len.saturating_sub(header_end as u64);
     if (header.data_len as u64) > available {
         return Err(bad(format!(

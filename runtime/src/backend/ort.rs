@@ -172,10 +172,10 @@ impl OrtBackend {
 
     /// Loads one graph; [`Backend::load`] boxes it.
     fn load_graph(&self, role: Role, path: &Path, entry: Option<&GraphEntry>) -> Result<OrtGraph> {
-        if !path.is_file() {
+        if let Some(problem) = crate::fsutil::regular_file_problem(path) {
             return Err(Error::model_set(
                 path.display().to_string(),
-                format!("graph {role}: file {} is missing", path.display()),
+                format!("graph {role}: file {} {problem}", path.display()),
             ));
         }
         let (session, ep) = self.choose_session(role, path, entry)?;

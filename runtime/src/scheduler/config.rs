@@ -19,6 +19,8 @@ use crate::{Error, Result};
 
 /// Most training timesteps a configuration may give (diffusers' SDXL and SD configs use 1000).
 pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+/// Largest scheduler config file read, in bytes (diffusers' are under 1 KB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// The `scheduler/scheduler_config.json` of stabilityai/stable-diffusion-xl-base-1.0, the
 /// configuration ID-Patch runs with.
@@ -119,9 +121,10 @@ impl SchedulerConfig {
             .expect("the built-in SDXL scheduler config is valid for every scheduler kind")
     }
 
-    /// Reads a diffusers scheduler config file; `kind` overrides its `_class_name`.
+    /// Reads a diffusers scheduler config file (at most [`MAX_CONFIG_BYTES`]); `kind` overrides
+    /// its `_class_name`.
     pub fn from_file(path: &std::path::Path, kind: Option<SchedulerKind>) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsutil::read_text_limited(path, MAX_CONFIG_BYTES, "scheduler config")?;
         let name = path.file_name().map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),

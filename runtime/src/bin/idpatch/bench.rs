@@ -133,8 +133,21 @@ struct Timing {
 
 /// Flags that the chosen mode does not take, as a usage error naming the first one given.
 fn check_combinations(args: &Args) -> Result<(), Error> {
+    // A layout gives the size and the people: name the size flag given beside it.
+    if args.pipeline && args.layout.is_some() {
+        let size_flags = [
+            ("--height", args.height.is_some()),
+            ("--width", args.width.is_some()),
+            ("--people", args.people.is_some()),
+        ];
+        if let Some((flag, _)) = size_flags.iter().find(|(_, given)| *given) {
+            return Err(Error::invalid_input(
+                *flag,
+                "cannot be combined with --layout (the layout gives the size and the people)",
+            ));
+        }
+    }
     let given = args.sampling.given();
-    let size_given = args.height.is_some() || args.width.is_some() || args.people.is_some();
     let conflicts: &[(bool, &str, &str)] = if args.pipeline {
         &[
             (!args.graphs.is_empty(), "--graphs", "times single graphs"),
@@ -147,11 +160,6 @@ fn check_combinations(args: &Args) -> Result<(), Error> {
                 args.sequence.is_some(),
                 "--sequence",
                 "applies to single graphs",
-            ),
-            (
-                args.layout.is_some() && size_given,
-                "--layout",
-                "gives the size and people itself",
             ),
         ]
     } else {

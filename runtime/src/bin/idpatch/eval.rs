@@ -75,15 +75,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             &image,
             &name,
         )?;
-        if args.json {
-            outln!(
-                "{}",
-                image_json(image_path, layout_path, &refs.layout, &score)
-            )?;
-        } else {
-            print_image(image_path, layout_path, &refs.layout, &score)?;
-        }
         scores.push(score);
+    }
+    // Printed once every image is scored: a bad image later in a directory is an error
+    // before anything is printed, never a report cut short.
+    for ((image_path, layout_path), score) in pairs.iter().zip(&scores) {
+        let layout = &references[layout_path].layout;
+        if args.json {
+            outln!("{}", image_json(image_path, layout_path, layout, score))?;
+        } else {
+            print_image(image_path, layout_path, layout, score)?;
+        }
     }
     let summary = Summary::of(&scores);
     if args.json {
@@ -105,13 +107,13 @@ fn pairs(image: &Path, layout: &Path) -> Result<Vec<(PathBuf, PathBuf)>, Error> 
             ));
         }
         listed
-    } else if image.is_file() {
-        vec![image.to_path_buf()]
-    } else {
+    } else if let Some(problem) = idpatch::fsutil::regular_file_problem(image) {
         return Err(Error::invalid_input(
             "--image",
-            format!("{} does not exist", image.display()),
+            format!("{} {problem}", image.display()),
         ));
+    } else {
+        vec![image.to_path_buf()]
     };
     if layout.is_file() {
         return Ok(images
@@ -154,9 +156,18 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
         let ext = path
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase());
-        if path.is_file() && matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) {
-            files.push(path);
+        if !matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) {
+            continue;
         }
+        // An entry named like an image that is not a file (a folder, a FIFO) is a mistake to
+        // report, not to skip.
+        if let Some(problem) = idpatch::fsutil::regular_file_problem(&path) {
+            return Err(Error::invalid_input(
+                "--image",
+                format!("{} {problem}", path.display()),
+            ));
+        }
+        files.push(path);
     }
     files.sort();
     Ok(files)

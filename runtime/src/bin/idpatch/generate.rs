@@ -107,8 +107,25 @@ fn generate(args: &Args) -> anyhow::Result<ExitCode> {
     let mut layout = Layout::load(&args.layout, true)?;
     check_paths(args, &layout)?;
     let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
+    let config = &set.manifest.config;
+    // Everything about the layout that needs no graph is checked before the face detector
+    // runs: its sides against the set, and the noise file against the size they give.
+    pipeline::check_image_sides(
+        config,
+        [
+            ("layout width", layout.width as usize),
+            ("layout height", layout.height as usize),
+        ],
+    )?;
+    let noise_bytes = (config.latent_channels * 4) as u64
+        * (layout.width as usize / config.vae_scale_factor) as u64
+        * (layout.height as usize / config.vae_scale_factor) as u64;
     let tokenizers = Tokenizers::load(&set)?;
-    let init_noise = args.init_noise.as_deref().map(npy::read).transpose()?;
+    let init_noise = args
+        .init_noise
+        .as_deref()
+        .map(|path| npy::read_at_most(path, noise_bytes))
+        .transpose()?;
     let decode_started = Instant::now();
     let face_images = pipeline::load_face_images(&layout)?;
     let decode = decode_started.elapsed();

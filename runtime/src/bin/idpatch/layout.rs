@@ -59,12 +59,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .into());
     }
     for face in &args.faces {
-        if !face.is_file() {
-            return Err(Error::invalid_input(
-                "--faces",
-                format!("{} does not exist", face.display()),
-            )
-            .into());
+        if let Some(problem) = idpatch::fsutil::regular_file_problem(face) {
+            return Err(
+                Error::invalid_input("--faces", format!("{} {problem}", face.display())).into(),
+            );
         }
     }
     for (flag, side) in [("--width", args.width), ("--height", args.height)] {
@@ -94,8 +92,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let found = detected.len();
     let people = people_left_to_right(detected, args.faces.len(), &args.reference)?;
 
-    let base = std::path::absolute(args.out.parent().unwrap_or(Path::new("")))
-        .map_err(|e| Error::io(&args.out, e))?;
+    let base =
+        std::path::absolute(fsutil::folder_of(&args.out)).map_err(|e| Error::io(&args.out, e))?;
     let (sx, sy) = (f64::from(width) / pw, f64::from(height) / ph);
     let mut entries = Vec::new();
     for (face_path, face) in args.faces.iter().zip(&people) {
@@ -110,13 +108,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let layout = serde_json::json!({"width": width, "height": height, "people": entries});
     let text = serde_json::to_string_pretty(&layout).expect("JSON values serialise") + "\n";
     // What is written must load as a layout, face files included.
-    let out_dir = args.out.parent().unwrap_or(Path::new(""));
-    Layout::parse(&text, out_dir, true)?;
+    Layout::parse(&text, fsutil::folder_of(&args.out), true)?;
     fsutil::write_atomic(&args.out, text.as_bytes())?;
     note!(
-        "{}: {} people at {width}x{height}, from {found} face{} in {}",
+        "{}: {} {} at {width}x{height}, from {found} face{} in {}",
         args.out.display(),
         people.len(),
+        if people.len() == 1 {
+            "person"
+        } else {
+            "people"
+        },
         if found == 1 { "" } else { "s" },
         args.reference.display()
     );

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod backend_args;
 mod bench;
@@ -53,11 +53,22 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse_args() {
         Ok(cli) => cli,
-        Err(e) => {
+        // --help and --version: clap's own output, exit 0.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        // A usage error: its first line only (clap adds usage and tips on further lines), as
+        // every other input error is one line; exit 2.
+        Err(e) => {
+            let rendered = e.render().to_string();
+            output::note!(
+                "{}",
+                rendered.lines().next().unwrap_or("error: bad arguments")
+            );
+            return ExitCode::from(2);
         }
     };
     let result = match cli.command {
@@ -85,6 +96,16 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code_of(&err))
         }
     }
+}
+
+/// The command line, parsed with negative numbers taken as values (`--seed -1` reaches the
+/// flag's own range check instead of being read as an unknown flag `-1`).
+fn parse_args() -> Result<Cli, clap::Error> {
+    let mut command = Cli::command();
+    for sub in command.get_subcommands_mut() {
+        *sub = std::mem::take(sub).allow_negative_numbers(true);
+    }
+    Cli::from_arg_matches(&command.try_get_matches()?)
 }
 
 /// 2 for input and usage errors (the library says which), 1 for everything else.
