@@ -656,7 +656,32 @@ fn init_noise_larger_than_the_layout_needs_is_refused_unread() {
             &good_layout(d),
             &["--init-noise", s(&noise), "--out", s(&out)],
         ),
-        "holds 2147483648 bytes of data, more than the 1024 expected",
+        "holds 2147483648 bytes of data, more than the 1024 bytes expected",
         d,
     );
+}
+
+#[test]
+fn control_characters_in_messages_are_escaped() {
+    // A face path holding ESC: the message shows it escaped, never sends it to the terminal.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let path = d.join("esc.json");
+    std::fs::write(
+        &path,
+        r#"{"width": 64, "height": 64, "people": [{"face": "a\u001b[31mred", "position": [1, 2]}]}"#,
+    )
+    .unwrap();
+    let out = d.join("o.png");
+    assert_refused(
+        &generate(&path, &["--out", s(&out)]),
+        r"a\u{1b}[31mred does not exist",
+        d,
+    );
+    let stderr = common::command()
+        .args(generate(&path, &["--out", s(&out)]))
+        .output()
+        .unwrap()
+        .stderr;
+    assert!(!stderr.contains(&0x1b), "raw ESC in {stderr:?}");
 }

@@ -25,168 +25,61 @@ impl Side {
     }
 }
 
-/// `config.<field>` must equal axis `axis` of `tensor`, a `side` of `role`.
-struct Rule {
-    field: &'static str,
-    value: usize,
-    role: Role,
-    side: Side,
-    tensor: &'static str,
-    axis: usize,
-}
-
-fn rules(c: &SetConfig) -> Vec<Rule> {
+/// `(field, role, side, tensor, axis)`: `config.<field>` must equal axis `axis` of `tensor`, on
+/// the `side` of `role`.
+const RULES: &[(&str, Role, Side, &str, usize)] = {
     use Role::*;
     use Side::*;
-    let rule = |field, value, role, side, tensor, axis| Rule {
-        field,
-        value,
-        role,
-        side,
-        tensor,
-        axis,
-    };
-    vec![
-        rule("text_len", c.text_len, TextEncoder, Input, "input_ids", 1),
-        rule("text_len", c.text_len, TextEncoder2, Input, "input_ids", 1),
-        rule(
-            "text_dim_1",
-            c.text_dim_1,
-            TextEncoder,
-            Output,
-            "hidden_states",
-            2,
-        ),
-        rule(
-            "text_dim_2",
-            c.text_dim_2,
-            TextEncoder2,
-            Output,
-            "hidden_states",
-            2,
-        ),
-        rule(
-            "pooled_dim",
-            c.pooled_dim,
-            TextEncoder2,
-            Output,
-            "text_embeds",
-            1,
-        ),
-        rule("pooled_dim", c.pooled_dim, Unet, Input, "text_embeds", 1),
-        rule(
-            "pooled_dim",
-            c.pooled_dim,
-            Controlnet,
-            Input,
-            "text_embeds",
-            1,
-        ),
-        rule(
+    &[
+        ("text_len", TextEncoder, Input, "input_ids", 1),
+        ("text_len", TextEncoder2, Input, "input_ids", 1),
+        ("text_dim_1", TextEncoder, Output, "hidden_states", 2),
+        ("text_dim_2", TextEncoder2, Output, "hidden_states", 2),
+        ("pooled_dim", TextEncoder2, Output, "text_embeds", 1),
+        ("pooled_dim", Unet, Input, "text_embeds", 1),
+        ("pooled_dim", Controlnet, Input, "text_embeds", 1),
+        (
             "cross_attention_dim",
-            c.cross_attention_dim,
             Unet,
             Input,
             "encoder_hidden_states",
             2,
         ),
-        rule(
+        (
             "cross_attention_dim",
-            c.cross_attention_dim,
             Controlnet,
             Input,
             "encoder_hidden_states",
             2,
         ),
-        rule(
-            "cross_attention_dim",
-            c.cross_attention_dim,
-            PromptProj,
-            Output,
-            "id_tokens",
-            2,
-        ),
-        rule(
-            "id_tokens_per_face",
-            c.id_tokens_per_face,
-            PromptProj,
-            Output,
-            "id_tokens",
-            1,
-        ),
-        rule(
-            "id_embedding_dim",
-            c.id_embedding_dim,
-            Arcface,
-            Output,
-            "embedding",
-            1,
-        ),
-        rule(
-            "id_embedding_dim",
-            c.id_embedding_dim,
-            PatchProj,
-            Input,
-            "id_embeds",
-            2,
-        ),
-        rule(
-            "id_embedding_dim",
-            c.id_embedding_dim,
-            PromptProj,
-            Input,
-            "id_embeds",
-            2,
-        ),
-        rule(
-            "patch_size",
-            c.patch_size,
-            PatchProj,
-            Output,
-            "id_patches",
-            2,
-        ),
-        rule(
-            "patch_size",
-            c.patch_size,
-            PatchProj,
-            Output,
-            "id_patches",
-            3,
-        ),
-        rule(
-            "latent_channels",
-            c.latent_channels,
-            Unet,
-            Input,
-            "sample",
-            1,
-        ),
-        rule(
-            "latent_channels",
-            c.latent_channels,
-            Unet,
-            Output,
-            "noise_pred",
-            1,
-        ),
-        rule(
-            "latent_channels",
-            c.latent_channels,
-            Controlnet,
-            Input,
-            "sample",
-            1,
-        ),
-        rule(
-            "latent_channels",
-            c.latent_channels,
-            VaeDecoder,
-            Input,
-            "latent",
-            1,
-        ),
+        ("cross_attention_dim", PromptProj, Output, "id_tokens", 2),
+        ("id_tokens_per_face", PromptProj, Output, "id_tokens", 1),
+        ("id_embedding_dim", Arcface, Output, "embedding", 1),
+        ("id_embedding_dim", PatchProj, Input, "id_embeds", 2),
+        ("id_embedding_dim", PromptProj, Input, "id_embeds", 2),
+        ("patch_size", PatchProj, Output, "id_patches", 2),
+        ("patch_size", PatchProj, Output, "id_patches", 3),
+        ("latent_channels", Unet, Input, "sample", 1),
+        ("latent_channels", Unet, Output, "noise_pred", 1),
+        ("latent_channels", Controlnet, Input, "sample", 1),
+        ("latent_channels", VaeDecoder, Input, "latent", 1),
     ]
+};
+
+/// The value of `config.<field>` for the fields [`RULES`] names.
+fn value_of(c: &SetConfig, field: &str) -> usize {
+    match field {
+        "text_len" => c.text_len,
+        "text_dim_1" => c.text_dim_1,
+        "text_dim_2" => c.text_dim_2,
+        "pooled_dim" => c.pooled_dim,
+        "cross_attention_dim" => c.cross_attention_dim,
+        "id_tokens_per_face" => c.id_tokens_per_face,
+        "id_embedding_dim" => c.id_embedding_dim,
+        "patch_size" => c.patch_size,
+        "latent_channels" => c.latent_channels,
+        other => unreachable!("no config field {other} in RULES"),
+    }
 }
 
 /// The tensors of `entry`'s `side`.
@@ -207,32 +100,25 @@ pub fn check<'a>(
     config: &SetConfig,
     entry: impl Fn(Role) -> Option<&'a GraphEntry>,
 ) -> Result<(), String> {
-    for r in rules(config) {
-        let Some(graph) = entry(r.role) else { continue };
-        let spec = tensors(graph, r.side)
+    for &(field, role, side, tensor, axis) in RULES {
+        let Some(graph) = entry(role) else { continue };
+        let value = value_of(config, field);
+        let spec = tensors(graph, side)
             .iter()
-            .find(|t| t.name == r.tensor)
+            .find(|t| t.name == tensor)
             .ok_or_else(|| {
                 format!(
-                    "graph {}: declares no {} {} (config.{} is its size)",
-                    r.role,
-                    r.side.name(),
-                    r.tensor,
-                    r.field
+                    "graph {role}: declares no {} {tensor} (config.{field} is its size)",
+                    side.name()
                 )
             })?;
         // A symbolic dim, or a rank the graph's own input checks report when it loads, is
         // not compared.
-        if let Some(Dim::Fixed(n)) = spec.shape.get(r.axis) {
-            if *n != r.value {
+        if let Some(Dim::Fixed(n)) = spec.shape.get(axis) {
+            if *n != value {
                 return Err(format!(
-                    "config.{} is {}; graph {} {} {} has {n} on axis {}",
-                    r.field,
-                    r.value,
-                    r.role,
-                    r.side.name(),
-                    r.tensor,
-                    r.axis
+                    "config.{field} is {value}; graph {role} {} {tensor} has {n} on axis {axis}",
+                    side.name()
                 ));
             }
         }

@@ -169,7 +169,7 @@ fn read_checked(path: &Path, max_data: u64) -> Result<(Header, Vec<u8>)> {
         return Err(Error::invalid_input(
             path.display().to_string(),
             format!(
-                "the header's shape {:?} holds {} bytes of data, more than the {max_data} expected",
+                "the header's shape {:?} holds {} bytes of data, more than the {max_data} bytes expected",
                 header.shape, header.data_len
             ),
         ));

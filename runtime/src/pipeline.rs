@@ -185,16 +185,7 @@ fn load_face_image(layout: &Layout, i: usize) -> Result<Rgb8> {
 pub fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
     let size = face::ARCFACE_SIZE;
     if let Some(images) = images {
-        if images.len() != layout.people.len() {
-            return Err(Error::invalid_input(
-                "layout people",
-                format!(
-                    "{} people but {} face images",
-                    layout.people.len(),
-                    images.len()
-                ),
-            ));
-        }
+        crate::detect::people::check_count(layout, images)?;
     }
     let mut inputs = Vec::with_capacity(layout.people.len());
     for (i, person) in layout.people.iter().enumerate() {

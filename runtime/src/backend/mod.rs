@@ -189,7 +189,13 @@ pub fn load_checked(backend: &dyn Backend, set: &ModelSet, role: Role) -> Result
         .load(role, &path, Some(entry))
         .map_err(|e| match e {
             Error::ModelSet { reason, .. } | Error::Graph { reason, .. } => {
-                set.error(format!("graph {role}: {reason}"))
+                // Backends name the graph in their set errors already; say it once.
+                let prefix = format!("graph {role}: ");
+                if reason.starts_with(&prefix) {
+                    set.error(reason)
+                } else {
+                    set.error(prefix + &reason)
+                }
             }
             other => other,
         })?;

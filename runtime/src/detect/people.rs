@@ -109,7 +109,8 @@ pub fn resolve_faces(
     Ok(started.elapsed())
 }
 
-fn check_count(layout: &Layout, images: &[Rgb8]) -> Result<()> {
+/// One face image per layout person.
+pub(crate) fn check_count(layout: &Layout, images: &[Rgb8]) -> Result<()> {
     if images.len() != layout.people.len() {
         return Err(Error::invalid_input(
             "layout people",

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use idpatch::backend::load_checked;
 use idpatch::condition::{self, ConditionOptions};
 use idpatch::detect::people;
-use idpatch::layout::Layout;
+use idpatch::layout::{Layout, MAX_PEOPLE};
 use idpatch::manifest::{Checksums, ModelSet, Role};
 use idpatch::{fsutil, npy, pipeline, Error};
 
@@ -74,8 +74,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     fsutil::check_outputs(&outputs, &inputs)?;
     let patches = match &args.patches {
         Some(path) => {
-            // F patches of 3 x 64 x 64 float32 at most: a larger header is refused unread.
-            let most = layout.people.len() * 3 * condition::PATCH * condition::PATCH * 4;
+            // At most a full layout's patches (3 x 64 x 64 float32 each): a larger header is
+            // refused unread; a smaller wrong shape gets the shape check's own message.
+            let most = MAX_PEOPLE * 3 * condition::PATCH * condition::PATCH * 4;
             let patches = npy::read_at_most(path, most as u64)?;
             condition::check_patches(&patches, layout.people.len(), "--patches")?;
             patches

@@ -89,10 +89,22 @@ fn main() -> ExitCode {
         Err(err) => {
             // One line, whatever the message: ONNX Runtime's own messages may hold newlines.
             let message = format!("{err:#}");
-            output::note!(
-                "error: {}",
-                message.split_whitespace().collect::<Vec<_>>().join(" ")
-            );
+            // Control characters (from a file name, say) are shown escaped, never sent to the
+            // terminal.
+            let line: String = message
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .flat_map(|c| {
+                    if c.is_control() {
+                        c.escape_unicode().collect::<Vec<_>>()
+                    } else {
+                        vec![c]
+                    }
+                })
+                .collect();
+            output::note!("error: {line}");
             ExitCode::from(exit_code_of(&err))
         }
     }
