@@ -635,7 +635,8 @@ fn layout_checks_that_need_no_graph_come_before_face_detection() {
 #[test]
 fn init_noise_larger_than_the_layout_needs_is_refused_unread() {
     // The header declares 2 GiB of float32; the file is sparse, so writing it costs nothing,
-    // but reading it would. The expected size is known from the layout before reading.
+    // but reading it would. No layout needs more than 16 MiB of noise (4 x 1024 x 1024 float32
+    // latents for 8192 x 8192), so the header alone is refused.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let noise = d.join("noise.npy");
@@ -656,7 +657,7 @@ fn init_noise_larger_than_the_layout_needs_is_refused_unread() {
             &good_layout(d),
             &["--init-noise", s(&noise), "--out", s(&out)],
         ),
-        "holds 2147483648 bytes of data, more than the 1024 bytes expected",
+        "holds 2147483648 bytes of data, more than the 16777216 bytes expected",
         d,
     );
 }

@@ -3,9 +3,9 @@
 //! Every size in `config` is also the size of some graph input or output (the exporter writes
 //! both from one model configuration). [`check`] compares them when a set is opened, so a set
 //! whose config and graphs disagree is a set error naming both (exit 2), not a shape error from
-//! the backend halfway through a generation. Dims a manifest declares symbolic, or does not
-//! declare at all (a shorter shape), are not compared: loading the graph checks the manifest's
-//! shapes against the graph itself.
+//! the backend halfway through a generation. Tensors the manifest does not list and dims it
+//! declares symbolic or not at all (a shorter shape) are not compared: loading the graph checks
+//! the manifest's names and shapes against the graph itself.
 
 use crate::manifest::{Dim, GraphEntry, Role, SetConfig, TensorSpec};
 
@@ -103,15 +103,11 @@ pub fn check<'a>(
     for &(field, role, side, tensor, axis) in RULES {
         let Some(graph) = entry(role) else { continue };
         let value = value_of(config, field);
-        let spec = tensors(graph, side)
-            .iter()
-            .find(|t| t.name == tensor)
-            .ok_or_else(|| {
-                format!(
-                    "graph {role}: declares no {} {tensor} (config.{field} is its size)",
-                    side.name()
-                )
-            })?;
+        // A tensor the manifest does not list is reported when the graph loads (its names
+        // are compared with the graph's own).
+        let Some(spec) = tensors(graph, side).iter().find(|t| t.name == tensor) else {
+            continue;
+        };
         // A symbolic dim, or a rank the graph's own input checks report when it loads, is
         // not compared.
         if let Some(Dim::Fixed(n)) = spec.shape.get(axis) {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use idpatch::detect::people;
 use idpatch::image_io;
 use idpatch::infotext::Infotext;
-use idpatch::layout::Layout;
+use idpatch::layout::{Layout, MAX_SIDE};
 use idpatch::manifest::{Checksums, ModelSet};
 use idpatch::pipeline::{self, Generated, Job, Models, Params, StepProgress, Tokenizers};
 use idpatch::scheduler::SchedulerKind;
@@ -117,9 +117,10 @@ fn generate(args: &Args) -> anyhow::Result<ExitCode> {
             ("layout height", layout.height as usize),
         ],
     )?;
-    let noise_bytes = (config.latent_channels * 4) as u64
-        * (layout.width as usize / config.vae_scale_factor) as u64
-        * (layout.height as usize / config.vae_scale_factor) as u64;
+    // At most the noise of the largest layout: a larger header is refused unread; a smaller
+    // wrong shape gets the shape check's own message.
+    let largest_latent = (MAX_SIDE as usize / config.vae_scale_factor) as u64;
+    let noise_bytes = (config.latent_channels * 4) as u64 * largest_latent * largest_latent;
     let tokenizers = Tokenizers::load(&set)?;
     let init_noise = args
         .init_noise
