@@ -327,16 +327,56 @@ fn draw_line(img: &mut Rgb8, mut p1: (i64, i64), mut p2: (i64, i64), color: [u8;
 const XY_SHIFT: i64 = 16;
 const XY_ONE: i64 = 1 << XY_SHIFT;
 
-/// Fills a convex polygon with integer vertices like OpenCV's `fillConvexPoly(..., LINE_8, 0)`:
-/// the outline is drawn with Bresenham segments, then the interior is scanned with two 16.16
-/// fixed-point edges walking down from the top vertex.
-fn fill_convex_polygon(img: &mut Rgb8, v: &[(i64, i64)], color: [u8; 3]) {
-    let n = v.len();
-    if n == 0 {
-        return;
+/// One of the two edges the convex fill walks down from the top vertex: the vertex it ends at
+/// (`idx`), the direction it walks the vertex list (`step`: 1 or n - 1), its 16.16 x and slope,
+/// and the row where it ends.
+struct Edge {
+    idx: usize,
+    step: usize,
+    x: i64,
+    dx: i64,
+    ye: i64,
+}
+
+impl Edge {
+    /// At row `y`, once the edge has ended, moves it on to the next vertex below `y`, consuming
+    /// vertices from the count `remaining` both edges share (OpenCV's `edges` counter).
+    fn advance(&mut self, v: &[(i64, i64)], y: i64, remaining: &mut i64) {
+        if y < self.ye {
+            return;
+        }
+        let n = v.len();
+        let mut idx0 = self.idx;
+        let mut idx = (idx0 + self.step) % n;
+        loop {
+            let more = *remaining > 0;
+            *remaining -= 1;
+            if !more {
+                return;
+            }
+            let ty = v[idx].1;
+            if ty > y {
+                let xs = v[idx0].0 << XY_SHIFT;
+                let xe = v[idx].0 << XY_SHIFT;
+                self.ye = ty;
+                // C integer division truncates toward zero, as Rust's does.
+                self.dx = ((xe - xs) * 2 + (ty - y)) / (2 * (ty - y));
+                self.x = xs;
+                self.idx = idx;
+                return;
+            }
+            idx0 = idx;
+            idx = (idx + self.step) % n;
+        }
     }
+}
+
+/// Draws the outline of `v` and returns the index of its top vertex with the rows to scan
+/// (`ymin`, `ymax` clipped to the image), or `None` when there is no interior in the image.
+fn outline(img: &mut Rgb8, v: &[(i64, i64)], color: [u8; 3]) -> Option<(usize, i64, i64)> {
+    let n = v.len();
     let (w, h) = (img.width() as i64, img.height() as i64);
-    let mut prev = v[n - 1];
+    let mut prev = *v.last()?;
     let (mut xmin, mut xmax, mut ymin, mut ymax) = (v[0].0, v[0].0, v[0].1, v[0].1);
     let mut imin = 0;
     for (i, &p) in v.iter().enumerate() {
@@ -351,64 +391,34 @@ fn fill_convex_polygon(img: &mut Rgb8, v: &[(i64, i64)], color: [u8; 3]) {
         prev = p;
     }
     if n < 3 || xmax < 0 || ymax < 0 || xmin >= w || ymin >= h {
-        return;
+        return None;
     }
-    let ymax = ymax.min(h - 1);
+    Some((imin, ymin, ymax.min(h - 1)))
+}
 
-    struct Edge {
-        idx: usize,
-        step: usize,
-        x: i64,
-        dx: i64,
-        ye: i64,
-    }
-    let mut edges = [
-        Edge {
-            idx: imin,
-            step: 1,
-            x: -XY_ONE,
-            dx: 0,
-            ye: ymin,
-        },
-        Edge {
-            idx: imin,
-            step: n - 1,
-            x: -XY_ONE,
-            dx: 0,
-            ye: ymin,
-        },
-    ];
+/// Fills a convex polygon with integer vertices like OpenCV's `fillConvexPoly(..., LINE_8, 0)`:
+/// the outline is drawn with Bresenham segments, then the interior is scanned with two 16.16
+/// fixed-point edges walking down from the top vertex.
+fn fill_convex_polygon(img: &mut Rgb8, v: &[(i64, i64)], color: [u8; 3]) {
+    let Some((imin, ymin, ymax)) = outline(img, v, color) else {
+        return;
+    };
+    let (n, w) = (v.len(), img.width() as i64);
+    let edge = |step| Edge {
+        idx: imin,
+        step,
+        x: -XY_ONE,
+        dx: 0,
+        ye: ymin,
+    };
+    let mut edges = [edge(1), edge(n - 1)];
     // Vertices left to consume, shared by both edges (the polygon is walked once around).
     let mut remaining = n as i64;
     let half = XY_ONE >> 1;
     let mut y = ymin;
     loop {
         for e in edges.iter_mut() {
-            if y < e.ye {
-                continue;
-            }
-            let mut idx0 = e.idx;
-            let mut idx = (idx0 + e.step) % n;
-            loop {
-                let more = remaining > 0;
-                remaining -= 1;
-                if !more {
-                    break;
-                }
-                let ty = v[idx].1;
-                if ty > y {
-                    let xs = v[idx0].0 << XY_SHIFT;
-                    let xe = v[idx].0 << XY_SHIFT;
-                    e.ye = ty;
-                    // C integer division truncates toward zero, as Rust's does.
-                    e.dx = ((xe - xs) * 2 + (ty - y)) / (2 * (ty - y));
-                    e.x = xs;
-                    e.idx = idx;
-                    break;
-                }
-                idx0 = idx;
-                idx = (idx + e.step) % n;
-            }
+            e.advance(v, y, &mut remaining);
         }
         if remaining < 0 {
             break;

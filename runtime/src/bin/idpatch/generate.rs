@@ -107,26 +107,8 @@ fn generate(args: &Args) -> anyhow::Result<ExitCode> {
     let mut layout = Layout::load(&args.layout, true)?;
     check_paths(args, &layout)?;
     let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
-    let config = &set.manifest.config;
-    // Everything about the layout that needs no graph is checked before the face detector
-    // runs: its sides against the set, and the noise file against the size they give.
-    pipeline::check_image_sides(
-        config,
-        [
-            ("layout width", layout.width as usize),
-            ("layout height", layout.height as usize),
-        ],
-    )?;
-    // At most the noise of the largest layout: a larger header is refused unread; a smaller
-    // wrong shape gets the shape check's own message.
-    let largest_latent = (MAX_SIDE as usize / config.vae_scale_factor) as u64;
-    let noise_bytes = (config.latent_channels * 4) as u64 * largest_latent * largest_latent;
+    let init_noise = check_layout_and_read_noise(args, &set, &layout)?;
     let tokenizers = Tokenizers::load(&set)?;
-    let init_noise = args
-        .init_noise
-        .as_deref()
-        .map(|path| npy::read_at_most(path, noise_bytes))
-        .transpose()?;
     let decode_started = Instant::now();
     let face_images = pipeline::load_face_images(&layout)?;
     let decode = decode_started.elapsed();
@@ -180,6 +162,32 @@ fn generate(args: &Args) -> anyhow::Result<ExitCode> {
         note!("{}", traffic.summary());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Everything about the layout that needs no graph, checked before the face detector runs: its
+/// sides against the set; then `--init-noise`, read when given. A noise header larger than the
+/// largest layout's noise is refused unread; a smaller wrong shape gets the shape check's own
+/// message in `prepare`.
+fn check_layout_and_read_noise(
+    args: &Args,
+    set: &ModelSet,
+    layout: &Layout,
+) -> anyhow::Result<Option<idpatch::Tensor>> {
+    let config = &set.manifest.config;
+    pipeline::check_image_sides(
+        config,
+        [
+            ("layout width", layout.width as usize),
+            ("layout height", layout.height as usize),
+        ],
+    )?;
+    let largest_latent = (MAX_SIDE as usize / config.vae_scale_factor) as u64;
+    let noise_bytes = (config.latent_channels * 4) as u64 * largest_latent * largest_latent;
+    Ok(args
+        .init_noise
+        .as_deref()
+        .map(|path| npy::read_at_most(path, noise_bytes))
+        .transpose()?)
 }
 
 /// The generation parameters the flags give (range checks are [`Params::check`]'s).
