@@ -18,7 +18,10 @@ pub mod manifest;
 pub mod noise;
 pub mod npy;
 pub mod pipeline;
+pub mod png_text;
 pub mod scheduler;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod splice;
 pub mod stages;
 pub mod tensor;

@@ -10,6 +10,7 @@ use idpatch::image_io;
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet};
 use idpatch::pipeline::{self, Models, Params, StepProgress, Tokenizers};
+use idpatch::png_text::RunRecord;
 use idpatch::scheduler::SchedulerKind;
 use idpatch::{fsutil, npy, Error};
 
@@ -166,10 +167,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     // What ran: `--ep auto` is recorded as the provider it settled on.
     let run = RunRecord {
-        scheduler: scheduler_name,
-        set_name: &set_name,
-        digest: &digest,
-        checksums,
+        scheduler: scheduler_name.to_string(),
+        set_name,
+        digest,
+        checksums: checksums.to_string(),
         backend: backend.name(),
     };
     let chunks = png_text(&args, &job.params, &run);
@@ -193,44 +194,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What the PNG records about the run beside the parameters.
-struct RunRecord<'a> {
-    scheduler: &'a str,
-    set_name: &'a str,
-    digest: &'a str,
-    /// `verified` or `skipped`.
-    checksums: &'a str,
-    /// The backend that ran, as [`idpatch::backend::Backend::name`] gives it.
-    backend: String,
-}
-
 /// The PNG text chunks: every generation parameter, the model set and the software.
 fn png_text(args: &Args, p: &Params, run: &RunRecord) -> Vec<(&'static str, String)> {
-    let mut text = vec![
-        ("prompt", p.prompt.clone()),
-        ("negative_prompt", p.negative_prompt.clone()),
-        ("seed", p.seed.to_string()),
-        ("steps", p.steps.to_string()),
-        ("guidance", p.guidance.to_string()),
-        ("controlnet_scale", p.controlnet_scale.to_string()),
-        ("id_injection_ratio", p.id_injection_ratio.to_string()),
-        (
-            "control_guidance_start",
-            p.control_guidance_start.to_string(),
-        ),
-        ("control_guidance_end", p.control_guidance_end.to_string()),
-        ("scheduler", run.scheduler.to_string()),
-        ("model_set", run.set_name.to_string()),
-        ("model_set_digest", run.digest.to_string()),
-        ("model_set_checksums", run.checksums.to_string()),
-        ("backend", run.backend.clone()),
-        ("software", format!("idpatch {}", env!("CARGO_PKG_VERSION"))),
-    ];
-    if let Some(path) = &args.init_noise {
-        text.push(("init_noise", path.display().to_string()));
-    }
-    if p.bf16_positions {
-        text.push(("bf16_positions", "true".to_string()));
-    }
-    text
+    let init_noise = args.init_noise.as_ref().map(|p| p.display().to_string());
+    idpatch::png_text::generation_text(p, run, init_noise.as_deref())
 }

@@ -11,6 +11,8 @@ mod condition;
 mod generate;
 mod output;
 mod schedule;
+#[cfg(feature = "serve")]
+mod serve;
 mod tokenize;
 mod validate;
 
@@ -39,6 +41,9 @@ enum Command {
     Schedule(schedule::Args),
     /// Print the token ids both SDXL tokenizers give a prompt.
     Tokenize(tokenize::Args),
+    /// Serve generations over HTTP (POST /v1/generations), one worker per device.
+    #[cfg(feature = "serve")]
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +61,8 @@ fn main() -> ExitCode {
         Command::Schedule(args) => schedule::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Tokenize(args) => tokenize::run(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,
