@@ -21,7 +21,7 @@ def main() -> int:
     torch.manual_seed(0)
     params = json.loads((SPECS / "sizes.json").read_text())["tiny"]
     unet = export.build_unet(params).eval()
-    controlnet = export.build_controlnet(params, unet).eval()
+    controlnet = export.build_controlnet(params).eval()
     vae = export.build_vae(params).eval()
     generator = torch.Generator().manual_seed(1)
     for module in (unet, controlnet, vae):

@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -26,18 +27,26 @@ from torch import nn
 SPECS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(SPECS))
 
+from checkpoints import (  # noqa: E402
+    VARIANT_NAME, CheckpointError, Pretrained, controlnet_from_unet_config, unet_config_with_defaults,
+)
 from fusable_attention import FusableAttnProcessor  # noqa: E402
 from idpatch_models import ArcFaceIrSe, Resampler, resampler_state_from_diffusers  # noqa: E402
+from mtcnn_models import DETECTOR_GRAPHS, FACENET_REQUIREMENT, build_detector, read_weight_files  # noqa: E402
 from weights import detach_weights, sha256_of, weight_bytes  # noqa: E402
+from onnx_passes import (  # noqa: E402
+    EXTERNAL_DATA_THRESHOLD, convert_fp16, fuse_for_cuda, fused_op_counts, optimize_for_cuda, save_model, to_fp16,
+)
+from specs import controlnet_mismatches, dynamic_axes_of, residual_layout, resolve_specs, strided_axis  # noqa: E402, F401
 
-GRAPH_ORDER = ["text_encoder", "text_encoder_2", "unet", "controlnet", "vae_decoder", "arcface", "patch_proj", "prompt_proj"]
+GRAPH_ORDER = ["text_encoder", "text_encoder_2", "unet", "controlnet", "vae_decoder", "arcface", "patch_proj", "prompt_proj",
+               *DETECTOR_GRAPHS]
+# Graphs that keep float32 in an FP16 set: the SDXL VAE overflows in FP16, and the face detector is
+# small and thresholds its scores.
+FP32_GRAPHS = {"vae_decoder", *DETECTOR_GRAPHS}
 OPSET = 17
-# protobuf cannot hold a model over 2 GiB; stay clear of the limit.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
-FUSED_OP_TYPES = [
-    "MultiHeadAttention", "Attention", "GroupNorm", "SkipGroupNorm", "BiasSplitGelu", "BiasAdd", "NhwcConv",
-    "SkipLayerNormalization", "LayerNormalization", "BiasGelu", "FastGelu", "Gelu",
-]
+# Format 3: one tokenizer.json per tokenizer ({"file", "sha256"}); format 2 listed vocab.json/merges.txt.
+MANIFEST_FORMAT = 3
 
 SDXL_SCHEDULER = {
     "_class_name": "EulerDiscreteScheduler",
@@ -150,15 +159,13 @@ class PatchProjGraph(nn.Module):
 # ---------------------------------------------------------------- building models
 
 
-def build_text_encoders(params: dict):
+def build_text_encoder(params: dict, name: str):
+    """Random CLIPTextModel (text_encoder) or CLIPTextModelWithProjection (text_encoder_2) of sizes.json."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    def make(cls, cfg):
-        config = CLIPTextConfig(**cfg)
-        config._attn_implementation = "eager"
-        return cls(config)
-
-    return make(CLIPTextModel, params["text_encoder"]), make(CLIPTextModelWithProjection, params["text_encoder_2"])
+    config = CLIPTextConfig(**params[name])
+    config._attn_implementation = "eager"
+    return (CLIPTextModel if name == "text_encoder" else CLIPTextModelWithProjection)(config)
 
 
 def build_unet(params: dict):
@@ -167,14 +174,10 @@ def build_unet(params: dict):
     return UNet2DConditionModel(**params["unet"])
 
 
-def build_controlnet(params: dict, unet):
-    from diffusers import ControlNetModel
-
-    return ControlNetModel.from_unet(
-        unet,
-        conditioning_embedding_out_channels=tuple(params["controlnet"]["conditioning_embedding_out_channels"]),
-        load_weights_from_unet=False,
-    )
+def build_controlnet(params: dict):
+    """Random ControlNet on the sizes.json UNet's trunk, as ControlNetModel.from_unet(unet,
+    load_weights_from_unet=False) builds it, without building the UNet."""
+    return controlnet_from_unet_config(params["unet"], params["controlnet"]["conditioning_embedding_out_channels"])
 
 
 def build_vae(params: dict):
@@ -183,11 +186,15 @@ def build_vae(params: dict):
     return AutoencoderKL(**params["vae"])
 
 
-def build_arcface(params: dict):
+def arcface_config(params: dict) -> dict:
     cfg = dict(params["arcface"])
     cfg["stage_channels"] = tuple(cfg["stage_channels"])
     cfg["stage_units"] = tuple(cfg["stage_units"])
-    return ArcFaceIrSe(**cfg)
+    return cfg
+
+
+def build_arcface(params: dict):
+    return ArcFaceIrSe(**arcface_config(params))
 
 
 def perturb_trivial_parameters(module: nn.Module, generator: torch.Generator) -> None:
@@ -213,54 +220,45 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def build_graph_modules(args, params: dict, wanted: list[str]) -> dict[str, nn.Module]:
-    """Graph name -> eval-mode wrapper module holding the weights."""
+def build_graph_modules(args, params: dict, wanted: list[str], source: Pretrained | None = None) -> dict[str, nn.Module]:
+    """Graph name -> eval-mode wrapper module holding the weights, for the graphs in `wanted` only:
+    random ones of the `params` architecture, or with `args.from_pretrained` the released weights
+    `source` reads (made from `args` when not given). Nothing is built or read for other graphs;
+    the ControlNet is built from the UNet's config, never from a UNet. Raises CheckpointError."""
     cfg = params["config"]
     modules: dict[str, nn.Module] = {}
-    need_unet = "unet" in wanted or "controlnet" in wanted
     pretrained = args.from_pretrained
+    if pretrained and source is None:
+        source = Pretrained(args, wanted)
 
-    if pretrained:
-        from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    if "text_encoder" in wanted or "text_encoder_2" in wanted:
-        if pretrained:
-            te1 = CLIPTextModel.from_pretrained(args.sdxl, subfolder="text_encoder", attn_implementation="eager")
-            te2 = CLIPTextModelWithProjection.from_pretrained(
-                args.sdxl, subfolder="text_encoder_2", attn_implementation="eager"
-            )
-        else:
-            te1, te2 = build_text_encoders(params)
-        modules["text_encoder"] = TextEncoderGraph(te1)
-        modules["text_encoder_2"] = TextEncoder2Graph(te2)
-    unet = None
-    if need_unet:
-        unet = UNet2DConditionModel.from_pretrained(args.sdxl, subfolder="unet") if pretrained else build_unet(params)
+    for name in ("text_encoder", "text_encoder_2"):
+        if name in wanted:
+            encoder = getattr(source, name)() if pretrained else build_text_encoder(params, name)
+            modules[name] = (TextEncoderGraph if name == "text_encoder" else TextEncoder2Graph)(encoder)
+    if "unet" in wanted:
+        unet = source.unet() if pretrained else build_unet(params)
         modules["unet"] = UNetGraph(unet, cfg["down_residuals"])
     if "controlnet" in wanted:
-        controlnet = ControlNetModel.from_pretrained(args.controlnet) if pretrained else build_controlnet(params, unet)
+        controlnet = source.controlnet() if pretrained else build_controlnet(params)
         modules["controlnet"] = ControlNetGraph(controlnet)
     if "vae_decoder" in wanted:
-        vae = AutoencoderKL.from_pretrained(args.sdxl, subfolder="vae") if pretrained else build_vae(params)
+        vae = source.vae() if pretrained else build_vae(params)
         modules["vae_decoder"] = VaeDecoderGraph(vae)
     if "arcface" in wanted:
-        arcface = build_arcface(params)
-        if pretrained:
-            state = torch.load(args.arcface, map_location="cpu", weights_only=True)
-            arcface.load_state_dict(state, strict=True)
+        arcface = source.arcface(arcface_config(params)) if pretrained else build_arcface(params)
         modules["arcface"] = arcface
     for name in ("patch_proj", "prompt_proj"):
         if name not in wanted:
             continue
         if pretrained:
-            state = torch.load(args.id_patch, map_location="cpu", weights_only=True)[name]
-            state = resampler_state_from_diffusers(state)
-            resampler = Resampler(**Resampler.config_from_state_dict(state))
-            resampler.load_state_dict(state, strict=True)
+            resampler = source.resampler(name)
         else:
             resampler = Resampler(**params[name])
         modules[name] = PatchProjGraph(resampler, cfg["patch_size"]) if name == "patch_proj" else resampler
+    if any(name in DETECTOR_GRAPHS for name in wanted):
+        # Released weights in every set, random or not: built after everything else and without
+        # touching the global RNG, so the random graphs stay what they were.
+        modules.update(build_detector(read_weight_files(args.facenet_weights)))
 
     for name, module in modules.items():
         module.eval()
@@ -275,17 +273,20 @@ def build_graph_modules(args, params: dict, wanted: list[str]) -> dict[str, nn.M
     if args.random and args.size == "tiny":
         generator = torch.Generator().manual_seed(args.seed + 1)
         for name in GRAPH_ORDER:
-            if name in modules:
+            if name in modules and name not in DETECTOR_GRAPHS:
                 perturb_trivial_parameters(modules[name], generator)
     return {name: modules[name] for name in wanted}
 
 
-def config_from_models(params: dict, modules: dict[str, nn.Module], previous: dict | None = None) -> dict:
-    """The manifest's config section; for pretrained sets, read off the loaded models.
+def config_from_models(params: dict, modules: dict[str, nn.Module], previous: dict | None = None,
+                       folder_values: dict | None = None) -> dict:
+    """The manifest's config section; for pretrained sets, read off the SDXL folder's configs
+    (`folder_values`, see Pretrained.config_values) and the loaded models.
 
     `previous` (the config of the set being extended) supplies what this run's models do not show."""
     cfg = dict(params["config"])
     cfg.update(previous or {})
+    cfg.update(folder_values or {})
     if "text_encoder" in modules:
         cfg["text_dim_1"] = modules["text_encoder"].encoder.config.hidden_size
     if "text_encoder_2" in modules:
@@ -298,78 +299,12 @@ def config_from_models(params: dict, modules: dict[str, nn.Module], previous: di
         cfg["latent_channels"] = modules["vae_decoder"].latent_channels
     if "prompt_proj" in modules:
         cfg["id_tokens_per_face"] = modules["prompt_proj"].latents.shape[1]
+    if "patch_proj" in modules:
+        outputs = modules["patch_proj"].resampler.proj_out.out_features
+        if outputs != cfg["patch_size"] ** 2:
+            raise CheckpointError(f"patch_proj gives {outputs} values per patch; the runtime's "
+                                  f"{cfg['patch_size']}x{cfg['patch_size']} patches need {cfg['patch_size'] ** 2}")
     return cfg
-
-
-# ---------------------------------------------------------------- IO specs
-
-
-def residual_layout(unet_config) -> list[tuple[int, int]]:
-    """(channels, stride) of each ControlNet down residual, in the UNet's skip order, then the mid one."""
-    channels = list(unet_config.block_out_channels)
-    layout = [(channels[0], 1)]
-    stride = 1
-    for index, width in enumerate(channels):
-        for _ in range(unet_config.layers_per_block):
-            layout.append((width, stride))
-        if index < len(channels) - 1:
-            stride *= 2
-            layout.append((width, stride))
-    layout.append((channels[-1], stride))
-    return layout
-
-
-def strided_axis(name: str, stride: int) -> str:
-    return name if stride == 1 else f"{name}_{stride}"
-
-
-def resolve_specs(graphs_json: dict, cfg: dict, layout: list[tuple[int, int]], precision: str) -> dict:
-    float_dtype = "float16" if precision == "fp16" else "float32"
-
-    def resolve_tensor(entry: dict, index: int | None, channels: int | None, stride: int | None) -> dict:
-        shape = []
-        for dim in entry["shape"]:
-            if isinstance(dim, int):
-                shape.append(dim)
-            elif dim.startswith("$residual_channels") or dim == "$mid_channels":
-                shape.append(channels)
-            elif dim.startswith("$"):
-                shape.append(int(cfg[dim[1:]]))
-            elif "{stride" in dim:
-                shape.append(strided_axis(dim.split("{")[0], stride))
-            else:
-                shape.append(dim)
-        name = entry["name"].replace("{i}", str(index)) if index is not None else entry["name"]
-        dtype = float_dtype if entry["dtype"] == "float" else entry["dtype"]
-        return {"name": name, "dtype": dtype, "shape": shape}
-
-    def expand(entries: list[dict]) -> list[dict]:
-        out = []
-        for entry in entries:
-            if "{i}" in entry["name"]:
-                for i in range(cfg["down_residuals"]):
-                    channels, stride = layout[i]
-                    out.append(resolve_tensor(entry, i, channels, stride))
-            elif entry["name"] == "mid_residual":
-                channels, stride = layout[-1]
-                out.append(resolve_tensor(entry, None, channels, stride))
-            else:
-                out.append(resolve_tensor(entry, None, None, None))
-        return out
-
-    return {
-        name: {"inputs": expand(spec["inputs"]), "outputs": expand(spec["outputs"])}
-        for name, spec in graphs_json["graphs"].items()
-    }
-
-
-def dynamic_axes_of(spec: dict) -> dict:
-    axes = {}
-    for tensor in spec["inputs"] + spec["outputs"]:
-        dynamic = {i: d for i, d in enumerate(tensor["shape"]) if isinstance(d, str)}
-        if dynamic:
-            axes[tensor["name"]] = dynamic
-    return axes
 
 
 # ---------------------------------------------------------------- golden inputs
@@ -399,7 +334,7 @@ def golden_inputs(name: str, spec: dict, cfg: dict, seed: int, dims: dict) -> di
             out[tname] = np.array([0.8], dtype=np.float32)
         elif tname == "controlnet_cond":
             out[tname] = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
-        elif tname == "face":
+        elif tname in ("face", "image"):
             out[tname] = rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
         elif tname == "id_embeds":
             x = rng.standard_normal(shape)
@@ -478,103 +413,6 @@ def stamp_io_shapes(model, spec: dict) -> None:
                 dim.dim_value = size
             else:
                 dim.dim_param = size
-
-
-def needs_external_data(model) -> bool:
-    """True past the protobuf limit (where ByteSize itself may fail to serialise)."""
-    try:
-        return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
-    except Exception:  # protobuf raises EncodeError beyond 2 GiB
-        return True
-
-
-def save_model(model, path: pathlib.Path) -> None:
-    import onnx
-
-    data = path.with_name(path.name + ".data")
-    for stale in (path, data):
-        if stale.exists():
-            stale.unlink()
-    if needs_external_data(model):
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
-
-
-def constants_to_initializers(model) -> None:
-    """Turn Constant nodes into initializers so the FP16 converter keeps Resize scales/sizes FP32
-    (it casts initializers by consumer, but rewrites every floating Constant node)."""
-    from onnx import numpy_helper
-
-    graph = model.graph
-    kept = []
-    for node in graph.node:
-        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
-            tensor = numpy_helper.from_array(numpy_helper.to_array(node.attribute[0].t), node.output[0])
-            graph.initializer.append(tensor)
-        else:
-            kept.append(node)
-    del graph.node[:]
-    graph.node.extend(kept)
-
-
-def convert_fp16(path: pathlib.Path) -> None:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=True)
-    model = to_fp16(model, needs_external_data(model))
-    save_model(model, path)
-
-
-def fuse_for_cuda(model):
-    """ONNX Runtime's transformer optimizer (python fusions only) on a UNet/ControlNet ModelProto or
-    path; returns the fused ModelProto, with the com.microsoft opset declared when it is used."""
-    import onnx
-    from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    options = FusionOptions("unet")
-    optimized = optimize_model(
-        model, model_type="unet", num_heads=0, hidden_size=0, opt_level=0, use_gpu=True, optimization_options=options
-    )
-    fused = optimized.model
-    if any(node.domain == "com.microsoft" for node in fused.graph.node) and not any(
-        opset.domain == "com.microsoft" for opset in fused.opset_import
-    ):
-        fused.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    return fused
-
-
-def fused_op_counts(model) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        if node.op_type in FUSED_OP_TYPES:
-            counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def to_fp16(model, disable_shape_infer: bool):
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    constants_to_initializers(model)
-    return convert_float_to_float16(model, keep_io_types=False, disable_shape_infer=disable_shape_infer)
-
-
-def optimize_for_cuda(path: pathlib.Path, precision: str) -> dict[str, int]:
-    """Rewrite a UNet/ControlNet graph with ONNX Runtime's fused CUDA operators; returns fused op counts.
-
-    The optimizer runs on the FP32 graph (it fails on the FP16 legacy export); FP16 conversion, when
-    requested, comes after it with Constant nodes turned into initializers first.
-    """
-    import onnx
-
-    onnx_model = fuse_for_cuda(str(path))
-    if precision == "fp16":
-        onnx_model = to_fp16(onnx_model, needs_external_data(onnx_model))
-    save_model(onnx_model, path)
-    # The checker reads the file so that graphs with external data work too.
-    onnx.checker.check_model(str(path))
-    return fused_op_counts(onnx_model)
 
 
 # ---------------------------------------------------------------- weightless export
@@ -657,31 +495,22 @@ def check_with_onnxruntime(path: pathlib.Path, inputs: dict[str, np.ndarray], ex
     return worst_abs, worst_rel
 
 
-def write_tokenizers(out: pathlib.Path) -> dict:
-    from clip_vocab import write_vocab
+def write_tokenizers(out: pathlib.Path, sdxl: str | None) -> dict:
+    """Both SDXL tokenizers as tokenizer.json files under `out`: from the SDXL folder's tokenizer/ and
+    tokenizer_2/ when one is given, else from the rebuilt CLIP vocabulary (see clip_vocab.py)."""
+    from clip_vocab import write_sdxl_tokenizers
 
-    folder = out / "tokenizer"
-    folder.mkdir(parents=True, exist_ok=True)
-    write_vocab(folder)
-    return {
-        "tokenizer": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "pad_token_id": 49407},
-        "tokenizer_2": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "pad_token_id": 0},
-    }
+    return write_sdxl_tokenizers(out, pathlib.Path(sdxl) if sdxl else None)
 
 
 def tokenizer_entries(out: pathlib.Path, tokenizers: dict) -> dict:
-    """The manifest's tokenizers section: each file with the sha256 of what is in `out`."""
+    """The manifest's tokenizers section: each tokenizer.json with the sha256 of what is in `out`."""
     entries = {}
-    for name, files in tokenizers.items():
-        entry = {}
-        for key in ("vocab", "merges"):
-            path = out / files[key]
-            if not path.is_file():
-                raise RuntimeError(f"tokenizers.{name}: {path} is missing")
-            entry[key] = files[key]
-            entry[f"{key}_sha256"] = sha256_of(path)
-        entry["pad_token_id"] = files["pad_token_id"]
-        entries[name] = entry
+    for name, file in tokenizers.items():
+        path = out / file
+        if not path.is_file():
+            raise RuntimeError(f"tokenizers.{name}: {path} is missing")
+        entries[name] = {"file": file, "sha256": sha256_of(path)}
     return entries
 
 
@@ -692,10 +521,16 @@ def parse_args(argv=None):
     source.add_argument("--from-pretrained", action="store_true", help="load released weights (paths below)")
     parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sdxl", help="diffusers SDXL folder (unet, vae, text_encoder, text_encoder_2, scheduler)")
+    parser.add_argument("--sdxl", help="diffusers SDXL folder (unet, vae, text_encoder, text_encoder_2, tokenizer, "
+                                       "tokenizer_2, scheduler)")
+    parser.add_argument("--variant", help="weight variant of the --sdxl and --controlnet folders, as diffusers' "
+                                          "from_pretrained(variant=...) picks it: e.g. fp16 for *.fp16.safetensors")
     parser.add_argument("--controlnet", help="ID-Patch ControlNetModel folder")
     parser.add_argument("--id-patch", help="id-patch.bin holding patch_proj and prompt_proj")
     parser.add_argument("--arcface", help="IR-SE50 checkpoint (facexlib recognition_arcface_ir_se50.pth)")
+    parser.add_argument("--facenet-weights", type=pathlib.Path,
+                        help=f"MTCNN weights for the face_detector graphs: the {FACENET_REQUIREMENT} wheel, or a folder "
+                             "with its pnet.pt, rnet.pt and onet.pt (default: pip download the wheel from PyPI)")
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     parser.add_argument("--graphs", default=",".join(GRAPH_ORDER), help="comma-separated subset")
     parser.add_argument("--out", required=True, type=pathlib.Path)
@@ -715,6 +550,10 @@ def parse_args(argv=None):
         parser.error("--weightless needs --random: released weights are not to be replaced by random ones")
     if args.weightless and args.golden:
         parser.error("--weightless cannot write goldens: the materialized weights differ from the exported ones")
+    if args.variant is not None and not args.from_pretrained:
+        parser.error("--variant needs --from-pretrained: it picks the released weight files")
+    if args.variant is not None and not VARIANT_NAME.fullmatch(args.variant):
+        parser.error(f"--variant {args.variant!r}: a variant is 1 to 32 letters, digits, '_' or '-' (e.g. fp16)")
     if args.from_pretrained:
         args.size = "full"
     args.graphs = [g for g in args.graphs.split(",") if g]
@@ -731,20 +570,28 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    """Exit status: 0 when every graph was written and checked, 1 when a check failed, 2 when a
+    released file is missing or does not fit (one line on stderr)."""
     args = parse_args(argv)
+    try:
+        return export_set(args, argv)
+    except CheckpointError as error:
+        print(f"export.py: {error}", file=sys.stderr)
+        return 2
+
+
+def export_set(args, argv) -> int:
+    """The export `main` runs; raises CheckpointError before writing anything when a released
+    file is missing or its names do not fit."""
     torch.manual_seed(args.seed)
     params = json.loads((SPECS / "sizes.json").read_text())[args.size]
     graphs_json = json.loads((SPECS / "graphs.json").read_text())
+    started = time.time()
+    # Checks the released files' names before anything is loaded or written.
+    source = Pretrained(args, args.graphs) if args.from_pretrained else None
     out: pathlib.Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-
-    started = time.time()
-    need = list(args.graphs)
-    if "controlnet" in need and "unet" not in need:
-        need_build = need + ["unet"]
-    else:
-        need_build = need
-    modules = build_graph_modules(args, params, [g for g in GRAPH_ORDER if g in need_build])
+    modules = build_graph_modules(args, params, [g for g in GRAPH_ORDER if g in args.graphs], source)
     print(f"built models in {time.time() - started:.1f} s", flush=True)
     # A run with --graphs extends the set's manifest when it is of the same size and source kind.
     manifest_path = out / "manifest.json"
@@ -757,13 +604,15 @@ def main(argv=None) -> int:
     ):
         print(f"warning: {manifest_path} is of another size, source or kind; starting a new manifest", flush=True)
         manifest = {}
-    cfg = config_from_models(params, modules, manifest.get("config"))
-    unet_config = (modules.get("unet").unet.config if "unet" in modules else None)
-    if unet_config is None:
-        from types import SimpleNamespace
-
-        unet_config = SimpleNamespace(**params["unet"])
-    layout = residual_layout(unet_config)
+    from_folder = source is not None and source.sdxl is not None
+    unet_config = source.unet_config() if from_folder else unet_config_with_defaults(params["unet"])
+    layout = residual_layout(SimpleNamespace(**unet_config))
+    if "controlnet" in modules:
+        mismatches = controlnet_mismatches(modules["controlnet"].controlnet.config, unet_config)
+        if mismatches:
+            raise CheckpointError(f"controlnet {args.controlnet or 'built'} does not fit the UNet: {'; '.join(mismatches)}")
+    folder_values = source.config_values(len(layout) - 1) if from_folder else None
+    cfg = config_from_models(params, modules, manifest.get("config"), folder_values)
     if len(layout) != cfg["down_residuals"] + 1:
         raise RuntimeError(f"UNet has {len(layout) - 1} down residuals, config says {cfg['down_residuals']}")
     specs = resolve_specs(graphs_json, cfg, layout, args.precision)
@@ -771,11 +620,6 @@ def main(argv=None) -> int:
 
     entries = manifest.get("graphs", {})
     failures = []
-    if args.weightless:
-        # Hold only the modules being exported; each one is freed as soon as it is written.
-        for extra in [n for n in modules if n not in args.graphs]:
-            del modules[extra]
-        gc.collect()
     for name in args.graphs:
         spec = specs[name]
         parameters = count_parameters(modules[name])
@@ -784,8 +628,7 @@ def main(argv=None) -> int:
         path = out / f"{name}.onnx"
         data = path.with_name(path.name + ".data")
         fuse = args.optimize == "cuda" and name in ("unet", "controlnet")
-        # The SDXL VAE overflows in FP16; it stays FP32 in an FP16 set.
-        graph_precision = "fp32" if name == "vae_decoder" else args.precision
+        graph_precision = "fp32" if name in FP32_GRAPHS else args.precision
         expected = None
         if args.weightless:
             fused, data_bytes = export_weightless(name, modules, spec, inputs, path, fuse, graph_precision)
@@ -841,25 +684,21 @@ def main(argv=None) -> int:
         entries[name] = entry
 
     try:
-        tokenizers = write_tokenizers(out)
+        tokenizers = source.tokenizers(out) if from_folder else write_tokenizers(out, None)
     except ImportError as error:
-        if not manifest.get("tokenizers"):
+        listed = manifest.get("tokenizers") or {}
+        if manifest.get("format") != MANIFEST_FORMAT or not listed:
             raise RuntimeError(f"tokenizer files cannot be written ({error}) and {manifest_path} lists none") from error
         print(f"warning: tokenizer files not written ({error}); keeping those {manifest_path} lists", flush=True)
-        tokenizers = manifest["tokenizers"]
+        tokenizers = {name: entry["file"] for name, entry in listed.items()}
     tokenizers = tokenizer_entries(out, tokenizers)
-    scheduler = manifest.get("scheduler") or dict(SDXL_SCHEDULER)
-    if args.from_pretrained and args.sdxl:
-        scheduler_file = pathlib.Path(args.sdxl) / "scheduler" / "scheduler_config.json"
-        if scheduler_file.exists():
-            scheduler = json.loads(scheduler_file.read_text())
+    scheduler = source.scheduler() if from_folder else manifest.get("scheduler") or dict(SDXL_SCHEDULER)
     import diffusers
     import onnx
     import transformers
 
     manifest = {
-        # Format 2: tokenizer files carry sha256 entries (vocab_sha256, merges_sha256).
-        "format": 2,
+        "format": MANIFEST_FORMAT,
         "name": args.name or out.name,
         "size": args.size,
         "precision": args.precision,
@@ -871,6 +710,7 @@ def main(argv=None) -> int:
             "transformers": transformers.__version__,
             "onnx": onnx.__version__,
             "exporter": "exporter-specs/export.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+            "face_detector": f"MTCNN weights of {FACENET_REQUIREMENT} (PyPI, MIT licence)",
         },
         "config": cfg,
         "tokenizers": tokenizers,
@@ -878,7 +718,8 @@ def main(argv=None) -> int:
         "graphs": {name: entries[name] for name in GRAPH_ORDER if name in entries},
     }
     if args.precision == "fp16":
-        manifest["notes"] = ["vae_decoder stays fp32: the SDXL VAE overflows in fp16"]
+        manifest["notes"] = ["vae_decoder stays fp32: the SDXL VAE overflows in fp16",
+                             "the face_detector graphs stay fp32"]
     if args.weightless:
         manifest["weightless"] = True
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -42,8 +42,10 @@ fi
 cargo build --release --locked --no-default-features --features ort --target-dir target/gpu --bin idpatch
 strip -o "$gpu/run/idpatch" target/gpu/release/idpatch
 
-ls "$gpu/run/wheels"/diffusers-0.42.1-*.whl > /dev/null 2>&1 ||
-  python3 -m pip download -q --no-deps diffusers==0.42.1 -d "$gpu/run/wheels"
+# The diffusers pin of the exporter's environment (exporter-specs/requirements.txt).
+diffusers_pin=$(grep -E '^diffusers==' exporter-specs/requirements.txt)
+ls "$gpu/run/wheels"/diffusers-"${diffusers_pin#diffusers==}"-*.whl > /dev/null 2>&1 ||
+  python3 -m pip download -q --no-deps "$diffusers_pin" -d "$gpu/run/wheels"
 
 export_set() { # SET_NAME PRECISION EXTRA_ARGS...
   local set=$1 precision=$2

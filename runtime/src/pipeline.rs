@@ -6,7 +6,9 @@
 //!    parameters and layout checks, each person's face photo decoded and aligned on its five
 //!    `face_keypoints` (or used as is when it is already an aligned 112x112 crop) into the
 //!    ArcFace batch, both tokenizers on the prompt and the negative prompt, the scheduler and
-//!    the initial noise. Gives a [`Job`].
+//!    the initial noise. Gives a [`Job`]. Photos without keypoints get them from face detection
+//!    first ([`crate::detect::people::resolve_faces`], then [`prepare_with_faces`] on the decoded
+//!    photos, as `idpatch generate` does).
 //! 2. [`encode`] (graphs): both text encoders (the prompt alone without guidance), the hidden
 //!    states side by side and encoder 2's pooled embedding; ArcFace on all faces at once, the ID
 //!    patches (`patch_proj`) and ID tokens (`prompt_proj`; the unconditional ones are
@@ -28,6 +30,8 @@
 use std::ops::ControlFlow;
 use std::time::Instant;
 
+use ndarray::ArrayView3;
+
 use crate::backend::{load_checked, Backend, Graph};
 use crate::face;
 use crate::image_io::{self, Rgb8};
@@ -38,7 +42,8 @@ use crate::noise::{NoiseGenerator, Stream};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
 use crate::splice;
 use crate::tensor::DType;
-use crate::tokenizer::{ClipTokenizer, Encoding};
+use crate::tokenizer::Encoding;
+pub use crate::tokenizer::Tokenizers;
 use crate::{Error, Result, Tensor};
 
 pub use crate::denoise::{denoise, Denoised, GenerationTraffic, StepProgress};
@@ -153,45 +158,60 @@ pub fn face_batch(layout: &Layout) -> Result<Tensor> {
     face_batch_with(layout, None)
 }
 
+/// Every person's face photo, decoded, in people order; errors name the person.
+pub fn load_face_images(layout: &Layout) -> Result<Vec<Rgb8>> {
+    (0..layout.people.len())
+        .map(|i| load_face_image(layout, i))
+        .collect()
+}
+
+fn load_face_image(layout: &Layout, i: usize) -> Result<Rgb8> {
+    let name = format!("layout people[{i}].face");
+    let path = layout.people[i]
+        .face
+        .as_ref()
+        .ok_or_else(|| Error::invalid_input(&name, "missing: every person needs a face photo"))?;
+    image_io::load_rgb8(path).map_err(|e| match e {
+        Error::Io { .. } => Error::invalid_input(&name, e.to_string()),
+        Error::InvalidInput { reason, .. } => {
+            Error::invalid_input(&name, format!("{}: {reason}", path.display()))
+        }
+        other => other,
+    })
+}
+
 /// [`face_batch`], with the face images given in people order instead of read from the layout's
 /// `face` paths when `images` is `Some`.
-fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
+pub fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
     let size = face::ARCFACE_SIZE;
     if let Some(images) = images {
-        if images.len() != layout.people.len() {
-            return Err(Error::invalid_input(
-                "layout people",
-                format!(
-                    "{} people but {} face images",
-                    layout.people.len(),
-                    images.len()
-                ),
-            ));
-        }
+        crate::detect::people::check_count(layout, images)?;
     }
-    let mut data = Vec::with_capacity(layout.people.len() * 3 * size * size);
+    let mut inputs = Vec::with_capacity(layout.people.len());
     for (i, person) in layout.people.iter().enumerate() {
         let name = format!("layout people[{i}].face");
         let loaded;
         let (img, source) = match images {
             Some(images) => (&images[i], format!("face image {i}")),
             None => {
-                let path = person.face.as_ref().ok_or_else(|| {
-                    Error::invalid_input(&name, "missing: every person needs a face photo")
-                })?;
-                loaded = image_io::load_rgb8(path).map_err(|e| match e {
-                    Error::Io { .. } => Error::invalid_input(&name, e.to_string()),
-                    Error::InvalidInput { reason, .. } => {
-                        Error::invalid_input(&name, format!("{}: {reason}", path.display()))
-                    }
-                    other => other,
-                })?;
+                loaded = load_face_image(layout, i)?;
+                let path = person.face.as_ref().expect("loaded from its path");
                 (&loaded, path.display().to_string())
             }
         };
         let keypoints = person
             .face_keypoints
             .map(|k| k.map(|[x, y]| [f64::from(x), f64::from(y)]));
+        if keypoints.is_none() && person.face_index.is_some() {
+            return Err(Error::invalid_input(
+                &name,
+                format!(
+                    "people[{i}] names face_index {} of {source}, but its face was not detected \
+                     (detect::people::resolve_faces does it)",
+                    person.face_index.unwrap_or(0)
+                ),
+            ));
+        }
         if let Some(points) = &keypoints {
             limits::check_face_points(points, img, i)?;
         }
@@ -199,50 +219,21 @@ fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
             return Err(Error::invalid_input(
                 &name,
                 format!(
-                    "{source} is {}x{} and people[{i}] has no `face_keypoints`: give the five face \
-                     points (left eye, right eye, nose, mouth left, mouth right; [x, y] in the \
-                     photo's pixels) as `face_keypoints` in the layout, or use an aligned \
-                     {size}x{size} ArcFace crop",
+                    "{source} is {}x{} and people[{i}] has no `face_keypoints`: detect the face \
+                     first (detect::people::resolve_faces, as `idpatch generate` does), give the \
+                     five face points as `face_keypoints`, or use an aligned {size}x{size} \
+                     ArcFace crop",
                     img.width(),
                     img.height()
                 ),
             ));
         }
         let what = format!("layout people[{i}].face_keypoints");
-        let input = face::arcface_input(img, keypoints.as_ref(), &what)?;
-        let input = input
-            .as_f32()
-            .ok_or_else(|| Error::invalid_input(&name, "the ArcFace input is not float32"))?;
-        data.extend_from_slice(input);
+        inputs.push(face::arcface_input(img, keypoints.as_ref(), &what)?);
     }
-    Tensor::from_f32(vec![layout.people.len(), 3, size, size], data)
-}
-
-/// The two SDXL tokenizers of a set.
-pub struct Tokenizers {
-    pub first: ClipTokenizer,
-    pub second: ClipTokenizer,
-}
-
-impl Tokenizers {
-    /// Both tokenizers from the files the set's manifest names. Errors: [`Error::ModelSet`].
-    pub fn load(set: &ModelSet) -> Result<Self> {
-        let load = |name: &str| {
-            let files = set.manifest.tokenizers.get(name).ok_or_else(|| {
-                set.error(format!("manifest.json has no tokenizers.{name} section"))
-            })?;
-            ClipTokenizer::from_files(
-                &set.dir.join(&files.vocab),
-                &set.dir.join(&files.merges),
-                files.pad_token_id,
-            )
-            .map_err(|e| set.error(format!("tokenizers.{name}: {e}")))
-        };
-        Ok(Tokenizers {
-            first: load("tokenizer")?,
-            second: load("tokenizer_2")?,
-        })
-    }
+    // Each input is (1, 3, 112, 112): joined on the batch axis.
+    let inputs: Vec<&Tensor> = inputs.iter().collect();
+    Tensor::concatenate(0, &inputs)
 }
 
 /// What [`prepare`] gives the graph stages: everything about one generation that is checked
@@ -349,9 +340,7 @@ pub fn prepare_with_faces(
     timings.faces = started.elapsed();
 
     let started = Instant::now();
-    let encode = |t: &ClipTokenizer| [t.encode(&params.negative_prompt), t.encode(&params.prompt)];
-    let tokens_1 = encode(&tokenizers.first);
-    let tokens_2 = encode(&tokenizers.second);
+    let [tokens_1, tokens_2] = tokenizers.encode([&params.negative_prompt, &params.prompt])?;
     timings.tokenize = started.elapsed();
 
     let scheduler = scheduler_for(set, params.scheduler, params.steps)?;
@@ -477,19 +466,18 @@ pub fn generate(
 /// A (3, H, W) planar image in [0, 1] as 8-bit RGB: `x * 255` rounded half away from zero.
 /// (diffusers' `numpy_to_pil` rounds half to even; the two differ only on exact halves.)
 pub fn to_rgb8(planar: &[f32], width: usize, height: usize) -> Result<Rgb8> {
-    let plane = width * height;
-    if planar.len() != 3 * plane {
-        return Err(Error::invalid_input(
+    let planar = ArrayView3::from_shape((3, height, width), planar).map_err(|_| {
+        Error::invalid_input(
             "image",
             format!("{} values for a 3x{height}x{width} image", planar.len()),
-        ));
-    }
-    let mut rgb = vec![0u8; 3 * plane];
-    for (p, px) in rgb.chunks_exact_mut(3).enumerate() {
-        for (c, v) in px.iter_mut().enumerate() {
-            *v = (planar[c * plane + p].clamp(0.0, 1.0) * 255.0).round() as u8;
-        }
-    }
+        )
+    })?;
+    // (3, H, W) read as (H, W, 3): the logical order of the permuted view is interleaved RGB.
+    let rgb = planar
+        .permuted_axes([1, 2, 0])
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
     Rgb8::new(width, height, rgb)
 }
 

@@ -88,18 +88,15 @@ pub fn decode(models: &mut Models, job: &Job, denoised: Denoised) -> Result<Gene
     let started = Instant::now();
     let factor = models.set.manifest.config.vae_scaling_factor as f32;
     let latents = denoised.latents;
-    let values = latents
-        .as_f32()
-        .ok_or_else(|| Error::graph("pipeline", "latents are not float32"))?;
-    let scaled = Tensor::from_f32(
-        latents.shape().to_vec(),
-        values.iter().map(|x| x / factor).collect(),
-    )?;
+    let scaled = Tensor::from_array(latents.f32_array("latents")?.mapv(|x| x / factor));
     let decoded = vae_decode(models.vae_decoder.as_mut(), &scaled, (height, width))?;
     timings.vae_decode = started.elapsed();
 
     let started = Instant::now();
-    let image = to_rgb8(&decoded, width, height)?;
+    let planar = decoded
+        .as_f32()
+        .ok_or_else(|| Error::graph("vae_decoder", "not f32"))?;
+    let image = to_rgb8(planar, width, height)?;
     timings.to_rgb = started.elapsed();
     let traffic = match (
         denoised.traffic,
@@ -115,7 +112,7 @@ pub fn decode(models: &mut Models, job: &Job, denoised: Denoised) -> Result<Gene
     Ok(Generated {
         image,
         latents,
-        image_f32: Tensor::from_f32(vec![1, 3, height, width], decoded)?,
+        image_f32: decoded,
         condition: denoised.condition,
         timings,
         traffic,
@@ -177,12 +174,13 @@ fn encode_ids(
     Ok((patches, tokens, negative))
 }
 
-/// VAE decode of scaled latents (1, C, h, w) to `(x / 2 + 0.5).clamp(0, 1)`, planar (3, H, W).
+/// VAE decode of scaled latents (1, C, h, w) to `(x / 2 + 0.5).clamp(0, 1)`, (1, 3, H, W)
+/// float32.
 fn vae_decode(
     vae: &mut dyn Graph,
     scaled: &Tensor,
     (height, width): (usize, usize),
-) -> Result<Vec<f32>> {
+) -> Result<Tensor> {
     let decoded = first_output(
         run_host(vae, &[("latent", scaled)], "after the last step")?,
         "vae_decoder",
@@ -196,13 +194,12 @@ fn vae_decode(
             ),
         ));
     }
-    let values = decoded
-        .as_f32()
+    let image = decoded
+        .into_array::<f32>()
         .ok_or_else(|| Error::graph("vae_decoder", "not f32"))?;
-    Ok(values
-        .iter()
-        .map(|x| (x / 2.0 + 0.5).clamp(0.0, 1.0))
-        .collect())
+    Ok(Tensor::from_array(
+        image.mapv_into(|x| (x / 2.0 + 0.5).clamp(0.0, 1.0)),
+    ))
 }
 
 /// Runs a graph on host tensors: inputs are cast to the dtypes the graph declares, outputs come
@@ -241,12 +238,7 @@ fn host_values<'a>(
                 .iter()
                 .find(|s| s.name == *name)
                 .map_or(tensor.dtype(), |s| s.dtype);
-            let t = if tensor.dtype() == dtype {
-                (*tensor).clone()
-            } else {
-                (*tensor).clone().cast(dtype)?
-            };
-            Ok((*name, Value::Host(t)))
+            Ok((*name, Value::Host(tensor.to_dtype(dtype)?)))
         })
         .collect()
 }
@@ -268,16 +260,16 @@ pub fn id_embeddings(arcface: &mut dyn Graph, faces: &Tensor) -> Result<Tensor> 
         .into_iter()
         .next()
         .ok_or_else(|| Error::graph("arcface", "the graph returned no output"))?;
-    let (f, d) = match embedding.shape() {
-        [f, d] => (*f, *d),
-        other => {
-            return Err(Error::graph(
-                "arcface",
-                format!("expected a (faces, dim) embedding, got {other:?}"),
-            ))
-        }
+    let &[f, d] = embedding.shape() else {
+        return Err(Error::graph(
+            "arcface",
+            format!(
+                "expected a (faces, dim) embedding, got {:?}",
+                embedding.shape()
+            ),
+        ));
     };
-    Tensor::from_f32(vec![f, 1, d], embedding.to_f32_vec())
+    embedding.into_shape(&[f, 1, d])
 }
 
 /// ID patches (F, 3, 64, 64) from embeddings (F, 1, 512).
@@ -305,7 +297,7 @@ pub(crate) fn first_output(outputs: Vec<Tensor>, graph: &str) -> Result<Tensor> 
 
 /// (B, T, D1) and (B, T, D2) -> (B, T, D1 + D2).
 pub fn side_by_side(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (&[batch, tokens, d1], &[batch_b, tokens_b, d2]) = (a.shape(), b.shape()) else {
+    let (&[batch, tokens, _], &[batch_b, tokens_b, _]) = (a.shape(), b.shape()) else {
         return Err(Error::graph(
             "text_encoder",
             format!(
@@ -325,18 +317,7 @@ pub fn side_by_side(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             ),
         ));
     }
-    let (Some(va), Some(vb)) = (a.as_f32(), b.as_f32()) else {
-        return Err(Error::graph(
-            "text_encoder",
-            "hidden states are not float32",
-        ));
-    };
-    let mut out = Vec::with_capacity(batch * tokens * (d1 + d2));
-    for row in 0..batch * tokens {
-        out.extend_from_slice(&va[row * d1..(row + 1) * d1]);
-        out.extend_from_slice(&vb[row * d2..(row + 1) * d2]);
-    }
-    Tensor::from_f32(vec![batch, tokens, d1 + d2], out)
+    Tensor::concatenate(2, &[a, b])
 }
 
 #[cfg(test)]

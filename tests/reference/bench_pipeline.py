@@ -11,8 +11,9 @@ PipelineStats::from_runs), from the definitions in README.md, with numpy:
   - the Rust-owned time of a run is faces + tokenize + condition + scheduler + to_rgb; the share
     is the median Rust-owned time over the median total;
   - the ControlNet time a control guidance window saved in a run is its skipped steps times its
-    measured per-call time (controlnet_skipped * controlnet_call), summarised like a stage; the
-    call and skip counts reported are the last run's.
+    measured per-call time (controlnet_skipped * controlnet_call), summarised like a stage over
+    the runs that skipped a step (a run that skipped none saved nothing to report); the call and
+    skip counts reported are the last run's.
 
 The per-run times are made up (integer nanoseconds, seeded), with per-run load_graphs and
 first_runs values that must not reach the total. Run once by hand from the repository root:
@@ -61,7 +62,8 @@ def make_case(rng, runs):
         "first_runs": summary(ms["first_runs"]),
         "rust_owned_share": float(np.median(rust) / np.median(totals)),
         "controlnet_saved": summary(
-            [t["controlnet_skipped"] * t["controlnet_call"] / 1e6 for t in timings]),
+            [t["controlnet_skipped"] * t["controlnet_call"] / 1e6
+             for t in timings if t["controlnet_skipped"] > 0]),
         "controlnet_calls": timings[-1]["controlnet_calls"],
         "controlnet_skipped": timings[-1]["controlnet_skipped"],
     }

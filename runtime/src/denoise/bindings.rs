@@ -31,14 +31,15 @@ impl Shared {
         }
         let mut tensor = Some(tensor);
         for (i, &dtype) in unique.iter().enumerate() {
-            // The last dtype takes the tensor itself; a cast of f32 to f32 is free.
+            // The last dtype takes the tensor itself (a cast to its own dtype is free); the
+            // others are converted from a borrow, one new array each.
+            let used_up = || Error::graph("pipeline", "constant used up");
             let host = if i + 1 == unique.len() {
-                tensor.take()
+                tensor.take().ok_or_else(used_up)?.cast(dtype)?
             } else {
-                tensor.clone()
+                tensor.as_ref().ok_or_else(used_up)?.to_dtype(dtype)?
             };
-            let host = host.ok_or_else(|| Error::graph("pipeline", "constant used up"))?;
-            let value = uploader.to_device(host.cast(dtype)?)?;
+            let value = uploader.to_device(host)?;
             self.values.push((key.to_string(), dtype, value));
         }
         Ok(())

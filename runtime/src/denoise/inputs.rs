@@ -33,7 +33,7 @@ impl DenoiserInputs {
         condition: &Tensor,
         controlnet_scale: f64,
     ) -> Result<Self> {
-        let (&[batch, tokens, dim], &[3, height, width]) = (text.shape(), condition.shape()) else {
+        let (&[batch, _, _], &[3, height, width]) = (text.shape(), condition.shape()) else {
             return Err(Error::graph(
                 "text_encoder",
                 format!(
@@ -43,18 +43,10 @@ impl DenoiserInputs {
                 ),
             ));
         };
-        let values = text
-            .as_f32()
-            .ok_or_else(|| Error::graph("text_encoder", "not f32"))?;
-        let row = |b: usize| {
-            Tensor::from_f32(
-                vec![tokens, dim],
-                values[b * tokens * dim..(b + 1) * tokens * dim].to_vec(),
-            )
-        };
         let states = match (batch, negative_id_tokens) {
             (2, Some(negative)) => {
-                let states = EncoderStates::new(&row(0)?, &row(1)?, negative, id_tokens)?;
+                let (uncond, cond) = (text.index_axis(0, 0)?, text.index_axis(0, 1)?);
+                let states = EncoderStates::new(&uncond, &cond, negative, id_tokens)?;
                 [states.text_only().clone(), states.full().clone()]
             }
             (1, None) => [text.clone(), splice::splice(text, id_tokens)?],
@@ -71,15 +63,13 @@ impl DenoiserInputs {
                 format!("text_embeds {:?} for batch {batch}", pooled.shape()),
             ));
         }
-        let cond = condition
-            .as_f32()
-            .ok_or_else(|| Error::graph("condition", "not f32"))?;
         let time_row = [height, width, 0, 0, height, width].map(|v| v as f32);
+        let time_row = Tensor::from_f32(vec![6], time_row.to_vec())?;
         Ok(DenoiserInputs {
             states,
             text_embeds: pooled,
-            time_ids: Tensor::from_f32(vec![batch, 6], time_row.repeat(batch))?,
-            controlnet_cond: Tensor::from_f32(vec![batch, 3, height, width], cond.repeat(batch))?,
+            time_ids: time_row.broadcast_to(&[batch, 6])?,
+            controlnet_cond: condition.broadcast_to(&[batch, 3, height, width])?,
             conditioning_scale: Tensor::from_f32(vec![1], vec![controlnet_scale as f32])?,
         })
     }

@@ -23,6 +23,8 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use ndarray::{ArrayD, Axis, IxDyn, Zip};
+
 use crate::backend::{Graph, Value};
 use crate::manifest::Role;
 use crate::noise::{NoiseGenerator, Stream};
@@ -30,7 +32,7 @@ use crate::pipeline::{Job, Models};
 use crate::scheduler::SchedulerKind;
 use crate::splice;
 use crate::stages::{check_finite, Encoded};
-use crate::tensor::DType;
+use crate::tensor::{self, DType};
 use crate::timings::Timings;
 use crate::{Error, Result, Tensor};
 
@@ -179,7 +181,7 @@ pub fn denoise(
         let before = denoiser.unet.traffic();
         let t = &mut timings;
         let eps = loop_state.predict(&mut denoiser, i, phases[i], keep[i], &mut calls, t)?;
-        loop_state.advance(&eps, i, params.guidance as f32, t)?;
+        loop_state.advance(eps, i, params.guidance as f32, t)?;
         if let (Some(t), Some(a), Some(b)) = (traffic.as_mut(), before, denoiser.unet.traffic()) {
             t.steps.push(b.since(a));
         }
@@ -195,9 +197,8 @@ pub fn denoise(
     timings.controlnet_calls = keep.iter().filter(|k| **k).count();
     timings.controlnet_skipped = steps - timings.controlnet_calls;
     timings.controlnet_call = calls.controlnet_median();
-    let (c, h, w) = (job.noise.shape()[1], latent.0, latent.1);
     Ok(Denoised {
-        latents: Tensor::from_f32(vec![1, c, h, w], loop_state.latents)?,
+        latents: Tensor::from_array(loop_state.latents),
         condition,
         timings,
         traffic,
@@ -220,28 +221,49 @@ fn step_values(d: &Denoiser, sample: Tensor, timestep: Tensor, kept: bool) -> Re
 }
 
 /// The latents and scheduler state carried from step to step.
-struct Loop<'j> {
-    job: &'j Job,
+struct Loop {
     scheduler: crate::scheduler::Scheduler,
-    latents: Vec<f32>,
+    /// (1, C, h, w).
+    latents: ArrayD<f32>,
     batch: usize,
     noise: NoiseGenerator,
 }
 
-impl<'j> Loop<'j> {
-    fn new(job: &'j Job, batch: usize) -> Result<Self> {
+impl Loop {
+    fn new(job: &Job, batch: usize) -> Result<Self> {
         let sigma0 = job.scheduler.init_noise_sigma() as f32;
         Ok(Loop {
-            job,
             scheduler: job.scheduler.clone(),
-            latents: job.noise.to_f32_vec().iter().map(|x| x * sigma0).collect(),
+            latents: job.noise.f32_array("initial noise")?.mapv(|x| x * sigma0),
             batch,
             noise: NoiseGenerator::new(job.params.seed),
         })
     }
 
+    /// The (B, C, h, w) shape of `sample` and `noise_pred`.
+    fn batch_shape(&self) -> Vec<usize> {
+        let mut shape = self.latents.shape().to_vec();
+        shape[0] = self.batch;
+        shape
+    }
+
+    /// Step `i`'s `sample` (the latents repeated for the batch, scaled for the scheduler) and
+    /// `timestep` (B,).
+    fn model_inputs(&self, i: usize) -> Result<(Tensor, Tensor)> {
+        let shape = self.batch_shape();
+        let mut sample = tensor::broadcast(&self.latents, &shape)
+            .ok_or_else(|| Error::graph("pipeline", format!("latents do not fit {shape:?}")))?;
+        let values = sample
+            .as_slice_mut()
+            .ok_or_else(|| Error::graph("pipeline", "sample is not contiguous"))?;
+        self.scheduler.scale_model_input_in_place(values, i)?;
+        let t = self.scheduler.timesteps()[i] as f32;
+        let timestep = ArrayD::from_elem(IxDyn(&[self.batch]), t);
+        Ok((Tensor::from_array(sample), Tensor::from_array(timestep)))
+    }
+
     /// Runs the ControlNet (when `kept`) and the UNet on step `i`; returns the noise prediction
-    /// (B * n values) on the host.
+    /// (B, C, h, w) on the host.
     fn predict(
         &self,
         d: &mut Denoiser,
@@ -250,17 +272,9 @@ impl<'j> Loop<'j> {
         kept: bool,
         calls: &mut CallTimes,
         timings: &mut Timings,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<ArrayD<f32>> {
         let started = Instant::now();
-        let n = self.latents.len();
-        let shape = self.job.noise.shape();
-        let mut input = self.latents.repeat(self.batch);
-        self.scheduler.scale_model_input_in_place(&mut input, i)?;
-        let mut sample_shape = vec![self.batch];
-        sample_shape.extend_from_slice(&shape[1..]);
-        let sample = Tensor::from_f32(sample_shape, input)?;
-        let t = self.scheduler.timesteps()[i] as f32;
-        let timestep = Tensor::from_f32(vec![self.batch], vec![t; self.batch])?;
+        let (sample, timestep) = self.model_inputs(i)?;
         timings.scheduler += started.elapsed();
         let context = format!("at step {i} of {}", self.scheduler.len());
 
@@ -295,53 +309,49 @@ impl<'j> Loop<'j> {
         let eps = d.unet.to_host(eps.swap_remove(0))?.cast(DType::Float32)?;
         check_finite(&eps, Role::Unet, "noise_pred", &context)?;
         calls.record(Role::Unet, phase, started.elapsed(), timings);
-        let eps = eps.into_data();
-        let crate::tensor::TensorData::F32(eps) = eps else {
-            return Err(Error::graph(
-                "unet",
-                "noise_pred is not float32 after the cast",
-            ));
-        };
-        if eps.len() != self.batch * n {
+        let expected = self.batch_shape();
+        if eps.shape() != expected.as_slice() {
             return Err(Error::graph(
                 "unet",
                 format!(
-                    "noise_pred has {} values, expected {}",
-                    eps.len(),
-                    self.batch * n
+                    "noise_pred has shape {:?}, expected {expected:?}",
+                    eps.shape()
                 ),
             ));
         }
-        Ok(eps)
+        eps.into_array::<f32>()
+            .ok_or_else(|| Error::graph("unet", "noise_pred is not float32 after the cast"))
     }
 
-    /// Guidance (batch 2) and the scheduler step from step `i`'s noise prediction.
+    /// Guidance (batch 2: `u + guidance * (c - u)` of the two halves) and the scheduler step
+    /// from step `i`'s noise prediction (B, C, h, w).
     fn advance(
         &mut self,
-        eps: &[f32],
+        eps: ArrayD<f32>,
         i: usize,
         guidance: f32,
         timings: &mut Timings,
     ) -> Result<()> {
         let started = Instant::now();
-        let n = self.latents.len();
-        let guided: Vec<f32> = if self.batch == 2 {
-            let (uncond, cond) = eps.split_at(n);
-            uncond
-                .iter()
-                .zip(cond)
-                .map(|(&u, &c)| u + guidance * (c - u))
-                .collect()
+        let guided = if self.batch == 2 {
+            let (u, c) = (eps.index_axis(Axis(0), 0), eps.index_axis(Axis(0), 1));
+            Zip::from(&u)
+                .and(&c)
+                .map_collect(|&u, &c| u + guidance * (c - u))
         } else {
-            eps.to_vec()
+            eps.index_axis_move(Axis(0), 0)
+        };
+        let guided = guided.as_standard_layout();
+        let (Some(guided), Some(latents)) = (guided.as_slice(), self.latents.as_slice()) else {
+            return Err(Error::graph("pipeline", "latents are not contiguous"));
         };
         let kind = self.scheduler.kind();
         let step_noise = (kind == SchedulerKind::EulerAncestral)
-            .then(|| self.noise.normal(Stream::AncestralStep(i), n));
-        self.latents = self
+            .then(|| self.noise.normal(Stream::AncestralStep(i), latents.len()));
+        let next = self
             .scheduler
-            .step(&guided, i, &self.latents, step_noise.as_deref())?;
-        if let Some(k) = self.latents.iter().position(|x| !x.is_finite()) {
+            .step(guided, i, latents, step_noise.as_deref())?;
+        if let Some(k) = next.iter().position(|x| !x.is_finite()) {
             return Err(Error::graph(
                 "scheduler",
                 format!(
@@ -351,6 +361,8 @@ impl<'j> Loop<'j> {
                 ),
             ));
         }
+        self.latents = ArrayD::from_shape_vec(self.latents.raw_dim(), next)
+            .map_err(|e| Error::graph("scheduler", format!("step output: {e}")))?;
         timings.scheduler += started.elapsed();
         Ok(())
     }
