@@ -75,18 +75,33 @@ fn health_readiness_metrics_and_openapi() {
     assert_eq!(status, 200);
     let doc: Value = serde_json::from_str(&doc).unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    for path in ["/v1/generations", "/v1/generations/{id}", "/healthz", "/readyz", "/metrics"] {
+    for path in [
+        "/v1/generations",
+        "/v1/generations/{id}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
     let request = &doc["components"]["schemas"]["GenerationRequest"];
-    for field in ["prompt", "num_inference_steps", "guidance_scale", "people", "stream"] {
+    for field in [
+        "prompt",
+        "num_inference_steps",
+        "guidance_scale",
+        "people",
+        "stream",
+    ] {
         assert!(request["properties"][field].is_object(), "{field} missing");
     }
     let (status, body) = get(s, "/nothing-here");
     assert_eq!(status, 404, "{body}");
     let r = server::delete(s, "no-such-id", &[]);
     assert_eq!((r.status, r.error().1.as_deref()), (404, Some("id")));
-    let r = server::agent().get(s.url("/v1/generations")).call().unwrap();
+    let r = server::agent()
+        .get(s.url("/v1/generations"))
+        .call()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 405);
 }
 
@@ -120,7 +135,10 @@ fn png_is_identical_to_idpatch_generate() {
     let cli = std::fs::read(&out).unwrap();
     // Same pixels and the same text chunks, so the same file.
     assert_eq!(png_text(&r.body), png_text(&cli));
-    assert!(r.body == cli, "the server's PNG differs from idpatch generate's");
+    assert!(
+        r.body == cli,
+        "the server's PNG differs from idpatch generate's"
+    );
 
     // b64_json: the same PNG, its chunks as `parameters`, and per-stage timings.
     let mut request = example_request(3, 7);
@@ -228,7 +246,10 @@ fn stream_reports_queue_position_every_step_and_the_image() {
         .decode(image["image"].as_str().unwrap())
         .unwrap();
     assert_eq!(png_text(&png)["seed"], "11");
-    assert!(events.next().is_none(), "the stream goes on after the image");
+    assert!(
+        events.next().is_none(),
+        "the stream goes on after the image"
+    );
 }
 
 /// Waits until `metric` reaches at least `value`.
@@ -255,7 +276,10 @@ fn a_client_that_disconnects_cancels_its_job_between_steps() {
     // The job stops after its current step, not after 500.
     let started = std::time::Instant::now();
     loop {
-        let gone = s.events("client_gone").iter().any(|e| e["id"] == id.as_str());
+        let gone = s
+            .events("client_gone")
+            .iter()
+            .any(|e| e["id"] == id.as_str());
         let logged = s.events("request").iter().any(|e| e["id"] == id.as_str());
         if gone && logged {
             break;
@@ -263,7 +287,11 @@ fn a_client_that_disconnects_cancels_its_job_between_steps() {
         assert!(started.elapsed() < Duration::from_secs(60), "not cancelled");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let line = s.events("request").into_iter().find(|e| e["id"] == id.as_str()).unwrap();
+    let line = s
+        .events("request")
+        .into_iter()
+        .find(|e| e["id"] == id.as_str())
+        .unwrap();
     assert_eq!(line["status"], 499);
     assert!(line["seconds"].as_f64().unwrap() < 20.0 * 60.0);
     // The worker is free again: DELETE finds nothing, and a new job runs.
@@ -290,14 +318,20 @@ fn delete_cancels_a_running_job() {
         example_request(1, 0).to_string().as_bytes(),
         &[("x-generation-id", id)],
     );
-    assert_eq!((r.status, r.error().1.as_deref()), (409, Some("x-generation-id")));
+    assert_eq!(
+        (r.status, r.error().1.as_deref()),
+        (409, Some("x-generation-id"))
+    );
     let r = delete(s, id, &[]);
     assert_eq!(r.status, 202);
     assert_eq!(r.json()["status"], "cancelling");
     let error = events.until("error");
     assert_eq!(error["status"], 409);
     let message = error["error"]["message"].as_str().unwrap();
-    assert!(message.starts_with("cancelled after denoising step"), "{message}");
+    assert!(
+        message.starts_with("cancelled after denoising step"),
+        "{message}"
+    );
     assert!(events.next().is_none());
 }
 
@@ -329,15 +363,17 @@ fn png_declaring(width: u32, height: u32) -> Vec<u8> {
 fn png_bomb() -> Vec<u8> {
     let (w, h) = (8200u32, 8200u32);
     let mut out = Vec::new();
-    let mut encoder = png::Encoder::new(&mut out, w, h);
-    encoder.set_color(png::ColorType::Grayscale);
-    let mut writer = encoder.write_header().unwrap();
-    let mut stream = writer.stream_writer().unwrap();
-    let row = vec![0u8; w as usize];
-    for _ in 0..h {
-        std::io::Write::write_all(&mut stream, &row).unwrap();
+    {
+        let mut encoder = png::Encoder::new(&mut out, w, h);
+        encoder.set_color(png::ColorType::Grayscale);
+        let mut writer = encoder.write_header().unwrap();
+        let mut stream = writer.stream_writer().unwrap();
+        let row = vec![0u8; w as usize];
+        for _ in 0..h {
+            std::io::Write::write_all(&mut stream, &row).unwrap();
+        }
+        stream.finish().unwrap();
     }
-    stream.finish().unwrap();
     out
 }
 
@@ -358,47 +394,203 @@ fn hostile_and_invalid_requests_get_400_413_415_naming_the_field() {
     };
     let text = good.to_string();
     let cases: Vec<(&str, Vec<u8>, u16, Option<&str>)> = vec![
-        ("truncated JSON", text.as_bytes()[..text.len() / 2].to_vec(), 400, None),
+        (
+            "truncated JSON",
+            text.as_bytes()[..text.len() / 2].to_vec(),
+            400,
+            None,
+        ),
         ("not JSON", b"prompt=hello".to_vec(), 400, None),
-        ("trailing data", format!("{text} {{}}").into_bytes(), 400, None),
+        (
+            "trailing data",
+            format!("{text} {{}}").into_bytes(),
+            400,
+            None,
+        ),
         ("array", b"[1, 2]".to_vec(), 400, None),
-        ("wrong type", with(&|v| v["num_inference_steps"] = json!("ten")), 400, Some("num_inference_steps")),
-        ("huge integer", with(&|v| v["seed"] = json!(1e300)), 400, Some("seed")),
-        ("huge steps", br#"{"num_inference_steps": 99999999999999999999999}"#.to_vec(), 400, Some("num_inference_steps")),
-        ("steps 0", with(&|v| v["num_inference_steps"] = json!(0)), 400, Some("num_inference_steps")),
-        ("steps over the limit", with(&|v| v["num_inference_steps"] = json!(151)), 400, Some("num_inference_steps")),
-        ("guidance inf as f32", with(&|v| v["guidance_scale"] = json!(1e39)), 400, Some("guidance_scale")),
-        ("width not /32", with(&|v| v["width"] = json!(200)), 400, Some("width")),
-        ("width over the limit", with(&|v| v["width"] = json!(4096)), 400, Some("width")),
-        ("negative height", with(&|v| v["height"] = json!(-128)), 400, Some("height")),
+        (
+            "wrong type",
+            with(&|v| v["num_inference_steps"] = json!("ten")),
+            400,
+            Some("num_inference_steps"),
+        ),
+        (
+            "huge integer",
+            with(&|v| v["seed"] = json!(1e300)),
+            400,
+            Some("seed"),
+        ),
+        (
+            "huge steps",
+            br#"{"num_inference_steps": 99999999999999999999999}"#.to_vec(),
+            400,
+            Some("num_inference_steps"),
+        ),
+        (
+            "steps 0",
+            with(&|v| v["num_inference_steps"] = json!(0)),
+            400,
+            Some("num_inference_steps"),
+        ),
+        (
+            "steps over the limit",
+            with(&|v| v["num_inference_steps"] = json!(151)),
+            400,
+            Some("num_inference_steps"),
+        ),
+        (
+            "guidance inf as f32",
+            with(&|v| v["guidance_scale"] = json!(1e39)),
+            400,
+            Some("guidance_scale"),
+        ),
+        (
+            "width not /32",
+            with(&|v| v["width"] = json!(200)),
+            400,
+            Some("width"),
+        ),
+        (
+            "width over the limit",
+            with(&|v| v["width"] = json!(4096)),
+            400,
+            Some("width"),
+        ),
+        (
+            "negative height",
+            with(&|v| v["height"] = json!(-128)),
+            400,
+            Some("height"),
+        ),
         ("unknown field", with(&|v| v["cfg"] = json!(5)), 400, None),
-        ("unknown person field", with(&|v| v["people"][0]["name"] = json!("x")), 400, Some("people[0]")),
-        ("missing prompt", with(&|v| { v.as_object_mut().unwrap().remove("prompt"); }), 400, None),
-        ("unknown scheduler", with(&|v| v["scheduler"] = json!("lms")), 400, Some("scheduler")),
-        ("window reversed", with(&|v| { v["control_guidance_start"] = json!(0.9); v["control_guidance_end"] = json!(0.1); }), 400, Some("control_guidance_start")),
-        ("no people", with(&|v| v["people"] = json!([])), 400, Some("people")),
-        ("9 people", with(&|v| v["people"] = json!(vec![v["people"][0].clone(); 9])), 400, Some("people")),
-        ("10,000 people", with(&|v| v["people"] = json!(vec![json!({"position": [1, 1]}); 10_000])), 400, Some("people")),
-        ("bad base64", with(&|v| v["people"][1]["face"] = json!("not*base64!")), 400, Some("people[1].face")),
-        ("not an image", with(&|v| v["people"][0]["face"] = json!(b64(b"GIF89a....."))), 400, Some("people[0].face")),
-        ("damaged PNG", with(&|v| v["people"][0]["face"] = json!(b64(&face_112[..face_112.len() - 20]))), 400, Some("people[0].face")),
-        ("declared 100000x100000", with(&|v| v["people"][0]["face"] = json!(b64(&png_declaring(100_000, 100_000)))), 400, Some("people[0].face")),
-        ("zlib bomb", with(&|v| v["people"][0]["face"] = json!(b64(&png_bomb()))), 400, Some("people[0].face")),
-        ("no face points, not 112x112", with(&|v| v["people"][0]["face"] = json!(b64(&face_112))), 400, Some("people[0].face")),
-        ("position far outside", with(&|v| v["people"][0]["position"] = json!([1e9, 0])), 400, Some("people[0].position")),
-        ("both placements", with(&|v| v["people"][0]["keypoints"] = v["people"][1]["keypoints"].clone()), 400, Some("people[0]")),
-        ("prompt over 10,000 bytes", with(&|v| v["prompt"] = json!("a".repeat(10_001))), 400, Some("prompt")),
-        ("negative prompt without guidance", with(&|v| { v["guidance_scale"] = json!(1.0); v["negative_prompt"] = json!("x"); }), 400, Some("negative_prompt")),
+        (
+            "unknown person field",
+            with(&|v| v["people"][0]["name"] = json!("x")),
+            400,
+            Some("people[0]"),
+        ),
+        (
+            "missing prompt",
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("prompt");
+            }),
+            400,
+            None,
+        ),
+        (
+            "unknown scheduler",
+            with(&|v| v["scheduler"] = json!("lms")),
+            400,
+            Some("scheduler"),
+        ),
+        (
+            "window reversed",
+            with(&|v| {
+                v["control_guidance_start"] = json!(0.9);
+                v["control_guidance_end"] = json!(0.1);
+            }),
+            400,
+            Some("control_guidance_start"),
+        ),
+        (
+            "no people",
+            with(&|v| v["people"] = json!([])),
+            400,
+            Some("people"),
+        ),
+        (
+            "9 people",
+            with(&|v| v["people"] = json!(vec![v["people"][0].clone(); 9])),
+            400,
+            Some("people"),
+        ),
+        (
+            "10,000 people",
+            with(&|v| v["people"] = json!(vec![json!({"position": [1, 1]}); 10_000])),
+            400,
+            Some("people"),
+        ),
+        (
+            "bad base64",
+            with(&|v| v["people"][1]["face"] = json!("not*base64!")),
+            400,
+            Some("people[1].face"),
+        ),
+        (
+            "not an image",
+            with(&|v| v["people"][0]["face"] = json!(b64(b"GIF89a....."))),
+            400,
+            Some("people[0].face"),
+        ),
+        (
+            "damaged PNG",
+            with(&|v| v["people"][0]["face"] = json!(b64(&face_112[..face_112.len() - 20]))),
+            400,
+            Some("people[0].face"),
+        ),
+        (
+            "declared 100000x100000",
+            with(&|v| v["people"][0]["face"] = json!(b64(&png_declaring(100_000, 100_000)))),
+            400,
+            Some("people[0].face"),
+        ),
+        (
+            "zlib bomb",
+            with(&|v| v["people"][0]["face"] = json!(b64(&png_bomb()))),
+            400,
+            Some("people[0].face"),
+        ),
+        (
+            "no face points, not 112x112",
+            with(&|v| v["people"][0]["face"] = json!(b64(&face_112))),
+            400,
+            Some("people[0].face"),
+        ),
+        (
+            "position far outside",
+            with(&|v| v["people"][0]["position"] = json!([1e9, 0])),
+            400,
+            Some("people[0].position"),
+        ),
+        (
+            "both placements",
+            with(&|v| v["people"][0]["keypoints"] = v["people"][1]["keypoints"].clone()),
+            400,
+            Some("people[0]"),
+        ),
+        (
+            "prompt over 10,000 bytes",
+            with(&|v| v["prompt"] = json!("a".repeat(10_001))),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "negative prompt without guidance",
+            with(&|v| {
+                v["guidance_scale"] = json!(1.0);
+                v["negative_prompt"] = json!("x");
+            }),
+            400,
+            Some("negative_prompt"),
+        ),
     ];
     for (what, body, status, field) in &cases {
         let r = post_with(s, body, &[]);
-        assert_eq!(r.status, *status, "{what}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            *status,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         let (message, got) = r.error();
         assert_eq!(got.as_deref(), *field, "{what}: {message}");
         assert!(!message.contains('\n'), "{what}: {message}");
     }
     // 100 MB of base64: refused from the length, before it is read.
-    let huge = format!(r#"{{"prompt": "x", "people": [{{"face": "{}"}}]}}"#, "A".repeat(100 << 20));
+    let huge = format!(
+        r#"{{"prompt": "x", "people": [{{"face": "{}"}}]}}"#,
+        "A".repeat(100 << 20)
+    );
     match server::agent()
         .post(s.url("/v1/generations"))
         .header("content-type", "application/json")
@@ -438,8 +630,15 @@ fn api_key_overload_and_deadline() {
     let auth = [("authorization", "Bearer s3cret-key")];
     let body = example_request(1, 0).to_string();
     let r = post_with(&s, body.as_bytes(), &[]);
-    assert_eq!((r.status, r.error().1.as_deref()), (401, Some("authorization")));
-    let r = post_with(&s, body.as_bytes(), &[("authorization", "Bearer s3cret-kez")]);
+    assert_eq!(
+        (r.status, r.error().1.as_deref()),
+        (401, Some("authorization"))
+    );
+    let r = post_with(
+        &s,
+        body.as_bytes(),
+        &[("authorization", "Bearer s3cret-kez")],
+    );
     assert_eq!(r.status, 401);
     assert_eq!(delete(&s, "x", &[]).status, 401);
     assert_eq!(get(&s, "/healthz").0, 200);
@@ -472,8 +671,14 @@ fn api_key_overload_and_deadline() {
     let (status, text) = waiting.join().unwrap();
     assert_eq!(status, 504, "{text}");
     assert!(text.contains("did not run"), "{text}");
-    assert_eq!(metric(&s, "idpatch_rejected_total{reason=\"deadline\"}"), 1.0);
-    assert_eq!(metric(&s, "idpatch_rejected_total{reason=\"queue_full\"}"), 1.0);
+    assert_eq!(
+        metric(&s, "idpatch_rejected_total{reason=\"deadline\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&s, "idpatch_rejected_total{reason=\"queue_full\"}"),
+        1.0
+    );
     assert_eq!(delete(&s, &id, &auth).status, 202);
     assert_eq!(events.until("error")["status"], 409);
 }
@@ -509,7 +714,10 @@ fn sigterm_drains_queued_and_running_jobs_then_exits_0() {
     s.terminate();
     let started = std::time::Instant::now();
     while get(&s, "/readyz").0 != 503 {
-        assert!(started.elapsed() < Duration::from_secs(10), "readyz stayed 200");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "readyz stayed 200"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let r = post(&s, &example_request(1, 0));
@@ -549,7 +757,10 @@ fn readme_client_examples_run() {
     let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
     let block = |lang: &str| {
         let marker = format!("<!-- serve-example {lang} -->\n```{lang}\n");
-        let start = readme.find(&marker).unwrap_or_else(|| panic!("{marker} missing")) + marker.len();
+        let start = readme
+            .find(&marker)
+            .unwrap_or_else(|| panic!("{marker} missing"))
+            + marker.len();
         let end = start + readme[start..].find("```").unwrap();
         readme[start..end].replace("http://127.0.0.1:8080", &s.base)
     };
@@ -561,13 +772,21 @@ fn readme_client_examples_run() {
             .env("OUT_DIR", dir.path())
             .output()
             .unwrap();
-        assert!(out.status.success(), "{program}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     run("bash", &["-euo", "pipefail", "-c", &block("sh")]);
     run(&python, &["-c", &block("python")]);
     for name in ["curl.png", "curl-multipart.png", "requests.png"] {
         let png = std::fs::read(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(png_text(&png)["prompt"], "three friends in a park", "{name}");
+        assert_eq!(
+            png_text(&png)["prompt"],
+            "three friends in a park",
+            "{name}"
+        );
     }
 }
 
@@ -586,13 +805,25 @@ fn deploy_manifests_validate() {
             .unwrap()
     };
     let dir = common::root().join("deploy/k8s");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert_eq!(files.len(), 4, "{files:?}");
     let out = validate(&files);
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let broken = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
     let text = std::fs::read_to_string(dir.join("deployment.yaml")).unwrap();
-    std::fs::write(broken.path(), text.replace("containerPort: 8080", "containerPort: eighty")).unwrap();
+    std::fs::write(
+        broken.path(),
+        text.replace("containerPort: 8080", "containerPort: eighty"),
+    )
+    .unwrap();
     assert!(!validate(&[broken.path().to_path_buf()]).status.success());
 }

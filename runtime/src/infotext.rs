@@ -45,7 +45,11 @@ pub struct RunRecord {
 /// under idpatch's own keys. `init_noise` names the file the initial noise came from, when it
 /// did not come from the seed. `idpatch generate` and `idpatch serve` both write these, so the
 /// same request and seed give the same PNG from either.
-pub fn png_text(job: &Job, run: &RunRecord, init_noise: Option<&str>) -> Vec<(&'static str, String)> {
+pub fn png_text(
+    job: &Job,
+    run: &RunRecord,
+    init_noise: Option<&str>,
+) -> Vec<(&'static str, String)> {
     let p = &job.params;
     let scheduler = job.scheduler.kind();
     let infotext = Infotext {

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{root, tiny_dir};
+use crate::common::{root, tiny_dir};
 
 /// A running server.
 pub struct Server {
@@ -98,9 +98,14 @@ impl Server {
                 lines.lock().unwrap().push(line);
             }
         });
-        let address = rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|_| {
-            panic!("the server did not listen; its log: {:?}", log.lock().unwrap())
-        });
+        let address = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the server did not listen; its log: {:?}",
+                    log.lock().unwrap()
+                )
+            });
         Server {
             base: format!("http://{address}"),
             pid: child.id(),

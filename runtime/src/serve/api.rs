@@ -97,10 +97,15 @@ pub struct PersonRequest {
     #[serde(default)]
     pub face: Option<String>,
     /// Five face points `[x, y]` in the photo's pixels (left eye, right eye, nose, mouth left,
-    /// mouth right); without them the photo must be an aligned 112x112 crop.
+    /// mouth right); without them the face is detected in the photo (MTCNN), unless the photo
+    /// is an aligned 112x112 crop.
     #[serde(default)]
     #[schema(value_type = Option<Vec<Vec<f32>>>)]
     pub face_keypoints: Option<Value>,
+    /// Which detected face of the photo is this person's (0 = the largest, the default).
+    #[serde(default)]
+    #[schema(value_type = Option<u64>)]
+    pub face_index: Option<Value>,
     /// Patch centre `[x, y]` in output pixels (pose-free person).
     #[serde(default)]
     #[schema(value_type = Option<Vec<f32>>)]
@@ -354,7 +359,10 @@ fn check_limits(request: &GenerationRequest, limits: RequestLimits) -> Result<()
         if side > limits.max_side {
             return Err(ApiError::field(
                 field,
-                format!("{side} exceeds this server's largest side, {}", limits.max_side),
+                format!(
+                    "{side} exceeds this server's largest side, {}",
+                    limits.max_side
+                ),
             ));
         }
     }
@@ -428,6 +436,7 @@ fn layout_of(request: &GenerationRequest) -> Result<Layout, ApiError> {
             let mut person = serde_json::Map::new();
             for (key, value) in [
                 ("face_keypoints", &p.face_keypoints),
+                ("face_index", &p.face_index),
                 ("position", &p.position),
                 ("keypoints", &p.keypoints),
             ] {

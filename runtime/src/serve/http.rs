@@ -20,9 +20,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::api::{self, ApiError, ErrorBody, GenerationResponse, ResponseFormat};
 use super::queue::{Event, Refused, Ticket};
 use super::{stream, ServerState};
+use crate::detect::people;
 use crate::image_io;
+use crate::infotext;
 use crate::pipeline::{self, Generated, Job};
-use crate::png_text;
 
 type AppState = Arc<ServerState>;
 
@@ -181,7 +182,10 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
 }
 
 /// Cancels a queued or running generation (a running one stops after its current step).
@@ -234,7 +238,11 @@ pub async fn create_generation(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     if let Some(e) = not_ready(&state) {
-        let reason = if state.is_draining() { "draining" } else { "not_ready" };
+        let reason = if state.is_draining() {
+            "draining"
+        } else {
+            "not_ready"
+        };
         state.metrics.rejected.with_label_values(&[reason]).inc();
         return Err(e);
     }
@@ -345,7 +353,10 @@ async fn read_multipart(
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large()
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("multipart: {}", e.body_text()))
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("multipart: {}", e.body_text()),
+            )
         }
     };
     let mut body = None;
@@ -363,13 +374,13 @@ async fn read_multipart(
             }
         }
     }
-    let body =
-        body.ok_or_else(|| ApiError::field("request", "missing: the parameters as JSON"))?;
+    let body = body.ok_or_else(|| ApiError::field("request", "missing: the parameters as JSON"))?;
     Ok((body, Some(faces)))
 }
 
-/// Parses, checks and prepares a request (a blocking thread: base64, image decoding, alignment
-/// and tokenizing).
+/// Parses, checks and prepares a request (a blocking thread: base64, image decoding, face
+/// detection for photos without keypoints, alignment and tokenizing), as `idpatch generate`
+/// prepares its layout.
 fn prepare(
     state: &ServerState,
     body: &[u8],
@@ -381,7 +392,17 @@ fn prepare(
         max_steps: state.config.max_steps,
         max_people: state.config.max_people,
     };
-    let parsed = api::to_pipeline(request, files, limits)?;
+    let mut parsed = api::to_pipeline(request, files, limits)?;
+    let needs_detection = parsed
+        .layout
+        .people
+        .iter()
+        .zip(&parsed.faces)
+        .any(|(person, img)| people::needs_detection(person, img));
+    if needs_detection {
+        let mut detector = state.detector.lock().unwrap_or_else(|e| e.into_inner());
+        people::locate_faces(&mut parsed.layout, &parsed.faces, &mut detector)?;
+    }
     let job = pipeline::prepare_with_faces(
         &state.set,
         &state.tokenizers,
@@ -401,7 +422,11 @@ fn admit(state: &ServerState, ticket: &Arc<Ticket>) -> Result<(), ApiError> {
             Ok(())
         }
         Err(Refused::Full) => {
-            state.metrics.rejected.with_label_values(&["queue_full"]).inc();
+            state
+                .metrics
+                .rejected
+                .with_label_values(&["queue_full"])
+                .inc();
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
@@ -413,7 +438,11 @@ fn admit(state: &ServerState, ticket: &Arc<Ticket>) -> Result<(), ApiError> {
             Err(e)
         }
         Err(Refused::Closed) => {
-            state.metrics.rejected.with_label_values(&["draining"]).inc();
+            state
+                .metrics
+                .rejected
+                .with_label_values(&["draining"])
+                .inc();
             Err(not_ready(state).unwrap_or_else(|| {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not accepting work")
             }))
@@ -507,7 +536,9 @@ impl Outcome {
             match &event {
                 Event::Started { queue_wait, .. } => {
                     self.queue_wait = Some(*queue_wait);
-                    self.state.metrics.observe("queue", queue_wait.as_secs_f64());
+                    self.state
+                        .metrics
+                        .observe("queue", queue_wait.as_secs_f64());
                 }
                 Event::Finished(_) => self.guard.disarm(),
                 _ => {}
@@ -556,9 +587,7 @@ impl Outcome {
         generated: Generated,
     ) -> Result<(Vec<u8>, GenerationResponse), ApiError> {
         let started = Instant::now();
-        let mut run = self.state.run.clone();
-        run.scheduler = self.ticket.job.scheduler.kind().name().to_string();
-        let text = png_text::generation_text(&self.ticket.job.params, &run, None);
+        let text = infotext::png_text(&self.ticket.job, &self.state.run, None);
         let image = generated.image;
         let encoded = tokio::task::spawn_blocking(move || {
             let pairs: Vec<(&str, &str)> = text.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -53,8 +53,8 @@ impl Metrics {
             .expect("valid metric");
         let queue_depth = IntGauge::new("idpatch_queue_depth", "Jobs waiting for a worker")
             .expect("valid metric");
-        let in_flight = IntGauge::new("idpatch_in_flight", "Jobs running on a worker")
-            .expect("valid metric");
+        let in_flight =
+            IntGauge::new("idpatch_in_flight", "Jobs running on a worker").expect("valid metric");
         let workers_ready = IntGauge::new(
             "idpatch_workers_ready",
             "Workers with graphs loaded and warmed up",
@@ -110,7 +110,9 @@ impl Metrics {
 
     /// Records the seconds one stage took.
     pub fn observe(&self, stage: &str, seconds: f64) {
-        self.stage_seconds.with_label_values(&[stage]).observe(seconds);
+        self.stage_seconds
+            .with_label_values(&[stage])
+            .observe(seconds);
     }
 
     /// The registry in Prometheus' text exposition format.

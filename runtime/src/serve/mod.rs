@@ -31,11 +31,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use crate::detect::Detector;
 use crate::image_io::Rgb8;
+use crate::infotext::RunRecord;
 use crate::layout::{Layout, Person, Placement};
 use crate::manifest::{Checksums, ModelSet};
 use crate::pipeline::{self, Job, Models, Params, Tokenizers};
-use crate::png_text::RunRecord;
 use crate::{Error, Result};
 
 use self::metrics::Metrics;
@@ -107,8 +108,11 @@ pub struct ServerState {
     pub config: Config,
     pub set: ModelSet,
     pub tokenizers: Tokenizers,
-    /// The PNG record of the run, the scheduler filled in per job.
+    /// What the PNGs record about the run (set, checksums, backend).
     pub run: RunRecord,
+    /// The set's face detector (MTCNN, on the first device's backend), for people whose photo
+    /// has no `face_keypoints` and is not an aligned crop; requests take turns on it.
+    pub detector: Mutex<Detector>,
     pub queue: Queue,
     pub metrics: Metrics,
     workers: usize,
@@ -178,9 +182,9 @@ pub struct Engine {
 }
 
 /// Runs the server until SIGTERM or SIGINT and a drain, on one worker per engine (all engines
-/// load the same set). Returns when the server stopped; errors: the address cannot be bound, a
+/// load the same set); `detector` locates faces in photos that come without keypoints. Returns when the server stopped; errors: the address cannot be bound, a
 /// worker's warm-up failed, or the warm-up layout is unusable.
-pub fn run(config: Config, engines: Vec<Engine>) -> Result<()> {
+pub fn run(config: Config, engines: Vec<Engine>, detector: Detector) -> Result<()> {
     let first = engines
         .first()
         .ok_or_else(|| Error::invalid_input("--device-id", "no device to run on"))?;
@@ -188,7 +192,6 @@ pub fn run(config: Config, engines: Vec<Engine>) -> Result<()> {
     let tokenizers = Tokenizers::load(&set)?;
     let warmup = warmup_job(&config.warmup, &set, &tokenizers)?;
     let run = RunRecord {
-        scheduler: String::new(),
         set_name: set.name().to_string(),
         digest: set.model_set_digest()?,
         checksums: match set.checksums {
@@ -214,6 +217,7 @@ pub fn run(config: Config, engines: Vec<Engine>) -> Result<()> {
         set,
         tokenizers,
         run,
+        detector: Mutex::new(detector),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -342,6 +346,7 @@ fn warmup_job(warmup: &Warmup, set: &ModelSet, tokenizers: &Tokenizers) -> Resul
                     face: None,
                     placement: Placement::Position([*width as f32 / 2.0, *height as f32 / 2.0]),
                     face_keypoints: None,
+                    face_index: None,
                 }],
             };
             let size = crate::face::ARCFACE_SIZE;

@@ -97,10 +97,12 @@ impl Progress {
                         SseEvent::default()
                             .event("image")
                             .json_data(&body)
-                            .unwrap_or_else(|e| self.error(ApiError::new(
-                                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                                e.to_string(),
-                            )))
+                            .unwrap_or_else(|e| {
+                                self.error(ApiError::new(
+                                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                                    e.to_string(),
+                                ))
+                            })
                     }
                     Err(e) => self.error(e),
                 }
@@ -111,7 +113,10 @@ impl Progress {
     fn error(&mut self, e: ApiError) -> SseEvent {
         self.done = true;
         self.status = e.status.as_u16();
-        sse("error", json!({"error": e.body().error, "status": self.status}))
+        sse(
+            "error",
+            json!({"error": e.body().error, "status": self.status}),
+        )
     }
 }
 

@@ -66,7 +66,12 @@ pub fn spawn(
 /// inside a stage becomes an error for this job; the worker goes on with the next.
 fn run_ticket(models: &mut Models, ticket: &Ticket, metrics: &Metrics) {
     let result = catch_unwind(AssertUnwindSafe(|| run_stages(models, ticket, metrics)))
-        .unwrap_or_else(|_| Err(Error::graph("pipeline", "the worker panicked running this job")));
+        .unwrap_or_else(|_| {
+            Err(Error::graph(
+                "pipeline",
+                "the worker panicked running this job",
+            ))
+        });
     if let Err(Error::Cancelled { .. }) = &result {
         metrics.cancelled.inc();
     }

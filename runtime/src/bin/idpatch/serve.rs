@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use idpatch::detect::{Detector, DetectorOptions};
 use idpatch::manifest::{Checksums, ModelSet};
 use idpatch::pipeline::Models;
 use idpatch::serve::{self, Config, Engine, Warmup};
@@ -131,11 +132,31 @@ impl Args {
             }
         };
         let checks: [(&str, bool, &str); 5] = [
-            ("--queue-capacity", (1..=100_000).contains(&self.queue_capacity), "1 to 100000"),
-            ("--max-body-bytes", (1024..=1 << 30).contains(&self.max_body_bytes), "1 KiB to 1 GiB"),
-            ("--max-side", (32..=idpatch::layout::MAX_SIDE).contains(&self.max_side), "32 to 8192"),
-            ("--max-steps", (1..=idpatch::pipeline::MAX_STEPS).contains(&self.max_steps), "1 to 1000"),
-            ("--max-people", (1..=idpatch::layout::MAX_PEOPLE).contains(&self.max_people), "1 to 8"),
+            (
+                "--queue-capacity",
+                (1..=100_000).contains(&self.queue_capacity),
+                "1 to 100000",
+            ),
+            (
+                "--max-body-bytes",
+                (1024..=1 << 30).contains(&self.max_body_bytes),
+                "1 KiB to 1 GiB",
+            ),
+            (
+                "--max-side",
+                (32..=idpatch::layout::MAX_SIDE).contains(&self.max_side),
+                "32 to 8192",
+            ),
+            (
+                "--max-steps",
+                (1..=idpatch::pipeline::MAX_STEPS).contains(&self.max_steps),
+                "1 to 1000",
+            ),
+            (
+                "--max-people",
+                (1..=idpatch::layout::MAX_PEOPLE).contains(&self.max_people),
+                "1 to 8",
+            ),
         ];
         if let Some((flag, _, range)) = checks.iter().find(|(_, ok, _)| !ok) {
             return Err(Error::invalid_input(*flag, format!("must be {range}")));
@@ -163,7 +184,10 @@ impl Args {
         if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Error::invalid_input(
                 "--api-key-file",
-                format!("{}: the key must be one word of printable characters", path.display()),
+                format!(
+                    "{}: the key must be one word of printable characters",
+                    path.display()
+                ),
             ));
         }
         Ok(Some(key))
@@ -211,7 +235,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
         backends.push(backend);
     }
-    serve::run(config, engines)?;
+    // The face detector runs on the first device's backend, for people given without keypoints.
+    let detector = Detector::load(backends[0].as_ref(), &set, DetectorOptions::default())?;
+    serve::run(config, engines, detector)?;
     drop(backends);
     Ok(ExitCode::SUCCESS)
 }
