@@ -9,7 +9,7 @@ generation id (0 lost, 0 duplicated). Then the server's overhead at concurrency 
 `idpatch bench --pipeline` doing the same generation in one process, measured alternately.
 
     cargo build --release --locked
-    target/pyserve/bin/python benches/serve_load.py   # python with `requests` (scripts/pyserve.sh)
+    "$(scripts/pyserve.sh)" benches/serve_load.py   # python with `requests`
 
 It stops by itself (about a minute on the tiny set) and stops the server with SIGTERM.
 """

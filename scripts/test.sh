@@ -2,8 +2,8 @@
 # The test command: fetches the ONNX Runtime library the ort backend's tests need (once, into
 # target/onnxruntime), points ORT_DYLIB_PATH at it, and runs the whole test suite: the Rust tests,
 # then the exporter's Python tests (scripts/test-exporter.sh: torch-free ones in target/pyenv, the
-# others in target/refenv, which scripts/pyenv.sh makes once per clone). The server's tests run the
-# README's Python client in target/pyserve (scripts/pyserve.sh), which also validates deploy/k8s.
+# others in target/refenv, which scripts/pyenv.sh makes once per clone). The server's tests run
+# the README's Python client and validate deploy/k8s in target/pyenv-serve (scripts/pyserve.sh).
 # usage: scripts/test.sh [cargo test arguments...]
 set -euo pipefail
 cd "$(dirname "$0")/.."

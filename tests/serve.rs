@@ -25,6 +25,10 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 /// The bundled example layout as a request: faces inlined as base64.
+/// Steps of a job that runs long enough to be cancelled, queued behind or drained: the shared
+/// server's most (`--max-steps` default), a few seconds on the tiny set.
+const LONG_STEPS: usize = 150;
+
 fn example_request(steps: usize, seed: u64) -> Value {
     let layout: Value = common::read_json(&common::tiny_dir().join("examples/layout.json"));
     let people: Vec<Value> = layout["people"]
@@ -157,6 +161,65 @@ fn png_is_identical_to_idpatch_generate() {
     }
 }
 
+/// People given as plain photos without `face_keypoints` (one group photo for two of them,
+/// `face_index` choosing the face): the server detects the faces as `idpatch generate` does, and
+/// the image is the CLI's, byte for byte. A `face_index` past the faces found names the person.
+#[test]
+fn faces_are_detected_in_photos_as_idpatch_generate_detects_them() {
+    let s = shared();
+    let examples = common::tiny_dir().join("examples");
+    let layout_path = examples.join("layout_photos.json");
+    let layout: Value = common::read_json(&layout_path);
+    let people: Vec<Value> = layout["people"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            let photo = examples.join(p["face"].as_str().unwrap());
+            p["face"] = json!(b64(&std::fs::read(photo).unwrap()));
+            p
+        })
+        .collect();
+    let mut request = json!({
+        "prompt": "three friends in a park",
+        "width": layout["width"], "height": layout["height"],
+        "num_inference_steps": 2, "seed": 5, "people": people,
+    });
+    let r = post(s, &request);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cli.png");
+    let (code, _, err) = common::run(&[
+        "generate",
+        "--models",
+        common::tiny_dir().to_str().unwrap(),
+        "--layout",
+        layout_path.to_str().unwrap(),
+        "--prompt",
+        "three friends in a park",
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        r.body == std::fs::read(&out).unwrap(),
+        "the server's PNG differs from idpatch generate's"
+    );
+
+    request["people"][2]["face_index"] = json!(7);
+    let r = post(s, &request);
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let (message, field) = r.error();
+    assert_eq!(field.as_deref(), Some("people[2].face"), "{message}");
+    assert!(message.contains("face_index 7"), "{message}");
+}
+
 /// A multipart body: the `request` JSON part, then one `face` file part per photo.
 fn multipart(request: &Value, faces: &[Vec<u8>]) -> (String, Vec<u8>) {
     let boundary = "idpatch-test-boundary-7d3f";
@@ -267,13 +330,13 @@ fn wait_metric(s: &Server, name: &str, value: f64) {
 #[test]
 fn a_client_that_disconnects_cancels_its_job_between_steps() {
     let s = shared();
-    let mut request = example_request(500, 1);
+    let mut request = example_request(LONG_STEPS, 1);
     request["stream"] = json!(true);
     let mut events = EventStream::open(s, &request, &[]);
     let id = events.until("started")["id"].as_str().unwrap().to_string();
     events.until("step");
     drop(events);
-    // The job stops after its current step, not after 500.
+    // The job stops after its current step, not after all of them.
     let started = std::time::Instant::now();
     loop {
         let gone = s
@@ -306,7 +369,7 @@ fn a_client_that_disconnects_cancels_its_job_between_steps() {
 #[test]
 fn delete_cancels_a_running_job() {
     let s = shared();
-    let mut request = example_request(500, 2);
+    let mut request = example_request(LONG_STEPS, 2);
     request["stream"] = json!(true);
     let id = "delete-me-1";
     let mut events = EventStream::open(s, &request, &[("x-generation-id", id)]);
@@ -541,7 +604,7 @@ fn hostile_and_invalid_requests_get_400_413_415_naming_the_field() {
             Some("people[0].face"),
         ),
         (
-            "no face points, not 112x112",
+            "no face found (a black 112x113 photo, no face points)",
             with(&|v| v["people"][0]["face"] = json!(b64(&face_112))),
             400,
             Some("people[0].face"),
@@ -644,7 +707,7 @@ fn api_key_overload_and_deadline() {
     assert_eq!(get(&s, "/healthz").0, 200);
 
     // A long job runs; one more waits (the queue's one place); the next is refused with 429.
-    let mut long = example_request(500, 0);
+    let mut long = example_request(LONG_STEPS, 0);
     long["stream"] = json!(true);
     let mut events = EventStream::open(&s, &long, &auth);
     let id = events.until("started")["id"].as_str().unwrap().to_string();

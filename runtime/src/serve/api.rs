@@ -285,7 +285,14 @@ pub fn parse_json(body: &[u8]) -> Result<GenerationRequest, ApiError> {
     let request: GenerationRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = (path != ".").then_some(path);
+        // Only a value of the wrong kind is a field's fault; a body that is not JSON (syntax
+        // error, cut short) or not an object names none, wherever the parser stopped.
+        let named = inner.is_data() && path != "." && !path.starts_with('[');
+        let mut field = named.then_some(path);
+        // An unknown key is not a field: the object holding it is at fault (none at the top).
+        if inner.to_string().starts_with("unknown field") {
+            field = field.and_then(|f| f.rsplit_once('.').map(|(parent, _)| parent.to_string()));
+        }
         let message = match &field {
             Some(f) => format!("{f}: {inner}"),
             None => format!("request body: {inner}"),
@@ -477,6 +484,19 @@ pub fn timings_map(t: &Timings) -> BTreeMap<String, f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_errors_name_a_field_only_when_one_is_at_fault() {
+        let field = |body: &str| parse_json(body.as_bytes()).unwrap_err().field;
+        let person = r#"{"prompt": "p", "width": 64, "height": 64, "people": [{"face": "#;
+        assert_eq!(field(person), None, "cut short");
+        assert_eq!(field("[1, 2]"), None, "not an object");
+        assert_eq!(field(r#"{"cfg": 5}"#), None, "unknown key at the top");
+        let unknown = format!(r#"{person}"x", "name": 1}}]}}"#);
+        assert_eq!(field(&unknown).as_deref(), Some("people[0]"));
+        let wrong = r#"{"prompt": "p", "num_inference_steps": "ten"}"#;
+        assert_eq!(field(wrong).as_deref(), Some("num_inference_steps"));
+    }
 
     #[test]
     fn flags_and_layout_fields_become_request_fields() {

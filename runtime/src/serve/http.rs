@@ -393,6 +393,15 @@ fn prepare(
         max_people: state.config.max_people,
     };
     let mut parsed = api::to_pipeline(request, files, limits)?;
+    // The sides against the set before the face detector runs, as `idpatch generate` does.
+    let layout = &parsed.layout;
+    pipeline::check_image_sides(
+        &state.set.manifest.config,
+        [
+            ("layout width", layout.width as usize),
+            ("layout height", layout.height as usize),
+        ],
+    )?;
     let needs_detection = parsed
         .layout
         .people
