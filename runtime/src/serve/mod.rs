@@ -5,8 +5,9 @@
 //! - [`http`]: the routes (axum on tokio), authentication, limits, Server-Sent Events;
 //! - [`queue`]: the bounded job queue and the registry of live generations (cancellation);
 //! - [`worker`]: one engine thread per device, owning its graphs, running encode, denoise and
-//!   decode; prepare (face decoding, checks, tokens) and PNG encoding run on tokio's blocking
-//!   threads, overlapped with the denoising of the job in front;
+//!   decode; prepare (face decoding, face detection for photos without keypoints, checks,
+//!   tokens) and PNG encoding run on tokio's blocking threads, overlapped with the denoising of
+//!   the job in front;
 //! - [`metrics`]: Prometheus metrics; [`openapi`]: the OpenAPI document, from the types.
 //!
 //! The server logs one JSON line per request on stderr (id, status, queue wait, stage times),
