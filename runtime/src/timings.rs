@@ -76,7 +76,7 @@ impl Timings {
             ("condition + splicing", self.condition),
             ("controlnet (all steps)", self.controlnet),
             ("unet (all steps)", self.unet),
-            ("  of which first run/shape", self.first_runs),
+            ("first runs (in cn + unet)", self.first_runs),
             ("scheduler + CFG", self.scheduler),
             ("vae decode", self.vae_decode),
             ("to RGB8", self.to_rgb),
