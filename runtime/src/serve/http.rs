@@ -116,6 +116,7 @@ async fn authenticate(
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !bool::from(given.as_bytes().ct_eq(key.as_bytes())) {
+            discard_body(&state, request).await;
             let mut e = ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong API key: send `Authorization: Bearer <key>`",
@@ -244,9 +245,16 @@ pub async fn create_generation(
             "not_ready"
         };
         state.metrics.rejected.with_label_values(&[reason]).inc();
+        discard_body(&state, request).await;
         return Err(e);
     }
-    let id = generation_id(&state, request.headers())?;
+    let id = match generation_id(&state, request.headers()) {
+        Ok(id) => id,
+        Err(e) => {
+            discard_body(&state, request).await;
+            return Err(e);
+        }
+    };
     let (body, files) = read_body(&state, request).await?;
     let prepare_state = state.clone();
     let prepared = tokio::task::spawn_blocking(move || prepare(&prepare_state, &body, files))
@@ -276,6 +284,12 @@ pub async fn create_generation(
         return Ok(stream::response(outcome, events));
     }
     outcome.wait(events, format).await
+}
+
+/// Reads and drops the body of a request refused before its body was read (at most the body
+/// limit), so that the client, still sending, gets the answer instead of a reset connection.
+async fn discard_body(state: &ServerState, request: Request) {
+    let _ = axum::body::to_bytes(request.into_body(), state.config.max_body_bytes).await;
 }
 
 /// The client's `x-generation-id`, checked, or a new one.
