@@ -24,7 +24,82 @@
 //! first 10 of its checkpoint file's sha256 there, and a set has no single file, so the digest
 //! naming all of them stands in.
 
+use crate::pipeline::Job;
 use crate::scheduler::SchedulerKind;
+
+/// What a generated PNG records about the run beside the parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    /// The set's name ([`crate::manifest::ModelSet::name`]).
+    pub set_name: String,
+    /// [`crate::manifest::ModelSet::model_set_digest`].
+    pub digest: String,
+    /// `verified` or `skipped`.
+    pub checksums: String,
+    /// The backend that ran, as [`crate::backend::Backend::name`] gives it.
+    pub backend: String,
+}
+
+/// The text chunks (key, value) of a generated PNG, in a fixed order: AUTOMATIC1111's
+/// `parameters` ([`Infotext`]), then every generation parameter, the model set and the software
+/// under idpatch's own keys. `init_noise` names the file the initial noise came from, when it
+/// did not come from the seed. `idpatch generate` and `idpatch serve` both write these, so the
+/// same request and seed give the same PNG from either.
+pub fn png_text(
+    job: &Job,
+    run: &RunRecord,
+    init_noise: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let p = &job.params;
+    let scheduler = job.scheduler.kind();
+    let infotext = Infotext {
+        prompt: &p.prompt,
+        negative_prompt: &p.negative_prompt,
+        steps: p.steps,
+        scheduler,
+        karras: job.scheduler.config().use_karras_sigmas,
+        guidance: p.guidance,
+        seed: p.seed,
+        width: job.layout.width,
+        height: job.layout.height,
+        model_set_digest: &run.digest,
+        model: &run.set_name,
+        controlnet_scale: p.controlnet_scale,
+        control_guidance_start: p.control_guidance_start,
+        control_guidance_end: p.control_guidance_end,
+        id_injection_ratio: p.id_injection_ratio,
+        people: job.layout.people.len(),
+        backend: &run.backend,
+    };
+    let mut text = vec![
+        ("parameters", infotext.parameters()),
+        ("prompt", p.prompt.clone()),
+        ("negative_prompt", p.negative_prompt.clone()),
+        ("seed", p.seed.to_string()),
+        ("steps", p.steps.to_string()),
+        ("guidance", p.guidance.to_string()),
+        ("controlnet_scale", p.controlnet_scale.to_string()),
+        ("id_injection_ratio", p.id_injection_ratio.to_string()),
+        (
+            "control_guidance_start",
+            p.control_guidance_start.to_string(),
+        ),
+        ("control_guidance_end", p.control_guidance_end.to_string()),
+        ("scheduler", scheduler.name().to_string()),
+        ("model_set", run.set_name.clone()),
+        ("model_set_digest", run.digest.clone()),
+        ("model_set_checksums", run.checksums.clone()),
+        ("backend", run.backend.clone()),
+        ("software", format!("idpatch {}", env!("CARGO_PKG_VERSION"))),
+    ];
+    if let Some(path) = init_noise {
+        text.push(("init_noise", path.to_string()));
+    }
+    if p.bf16_positions {
+        text.push(("bf16_positions", "true".to_string()));
+    }
+    text
+}
 
 /// What one generation records in its `parameters` text.
 #[derive(Debug, Clone, PartialEq)]

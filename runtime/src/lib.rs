@@ -23,6 +23,8 @@ pub mod noise;
 pub mod npy;
 pub mod pipeline;
 pub mod scheduler;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod splice;
 pub mod stages;
 pub mod tensor;

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use idpatch::detect::people;
 use idpatch::image_io;
-use idpatch::infotext::Infotext;
+use idpatch::infotext::{self, RunRecord};
 use idpatch::layout::{Layout, MAX_SIDE};
 use idpatch::manifest::{Checksums, ModelSet};
 use idpatch::pipeline::{self, Generated, Job, Models, Params, StepProgress, Tokenizers};
@@ -151,9 +151,9 @@ fn generate(args: &Args) -> anyhow::Result<ExitCode> {
 
     // What ran: `--ep auto` is recorded as the provider it settled on.
     let run = RunRecord {
-        set_name: &set_name,
-        digest: &digest,
-        checksums,
+        set_name,
+        digest,
+        checksums: checksums.to_string(),
         backend: backend.name(),
     };
     write_outputs(args, &job, &generated, &run)?;
@@ -238,7 +238,8 @@ fn write_outputs(
     generated: &Generated,
     run: &RunRecord,
 ) -> anyhow::Result<()> {
-    let chunks = png_text(args, job, run);
+    let init_noise = args.init_noise.as_ref().map(|p| p.display().to_string());
+    let chunks = infotext::png_text(job, run, init_noise.as_deref());
     let text: Vec<(&str, &str)> = chunks.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let image_png = image_io::encode_png(&generated.image, &text)?;
     let mut files: Vec<(&Path, Vec<u8>)> = vec![(&args.out, image_png)];
@@ -252,68 +253,4 @@ fn write_outputs(
     let files: Vec<(&Path, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
     fsutil::write_all_atomic(&files)?;
     Ok(())
-}
-
-/// What the PNG records about the run beside the parameters.
-struct RunRecord<'a> {
-    set_name: &'a str,
-    digest: &'a str,
-    /// `verified` or `skipped`.
-    checksums: &'a str,
-    /// The backend that ran, as [`idpatch::backend::Backend::name`] gives it.
-    backend: String,
-}
-
-/// The PNG text chunks: AUTOMATIC1111's `parameters` ([`Infotext`]), then every generation
-/// parameter, the model set and the software under idpatch's own keys.
-fn png_text(args: &Args, job: &Job, run: &RunRecord) -> Vec<(&'static str, String)> {
-    let p = &job.params;
-    let scheduler = job.scheduler.kind();
-    let infotext = Infotext {
-        prompt: &p.prompt,
-        negative_prompt: &p.negative_prompt,
-        steps: p.steps,
-        scheduler,
-        karras: job.scheduler.config().use_karras_sigmas,
-        guidance: p.guidance,
-        seed: p.seed,
-        width: job.layout.width,
-        height: job.layout.height,
-        model_set_digest: run.digest,
-        model: run.set_name,
-        controlnet_scale: p.controlnet_scale,
-        control_guidance_start: p.control_guidance_start,
-        control_guidance_end: p.control_guidance_end,
-        id_injection_ratio: p.id_injection_ratio,
-        people: job.layout.people.len(),
-        backend: &run.backend,
-    };
-    let mut text = vec![
-        ("parameters", infotext.parameters()),
-        ("prompt", p.prompt.clone()),
-        ("negative_prompt", p.negative_prompt.clone()),
-        ("seed", p.seed.to_string()),
-        ("steps", p.steps.to_string()),
-        ("guidance", p.guidance.to_string()),
-        ("controlnet_scale", p.controlnet_scale.to_string()),
-        ("id_injection_ratio", p.id_injection_ratio.to_string()),
-        (
-            "control_guidance_start",
-            p.control_guidance_start.to_string(),
-        ),
-        ("control_guidance_end", p.control_guidance_end.to_string()),
-        ("scheduler", scheduler.name().to_string()),
-        ("model_set", run.set_name.to_string()),
-        ("model_set_digest", run.digest.to_string()),
-        ("model_set_checksums", run.checksums.to_string()),
-        ("backend", run.backend.clone()),
-        ("software", format!("idpatch {}", env!("CARGO_PKG_VERSION"))),
-    ];
-    if let Some(path) = &args.init_noise {
-        text.push(("init_noise", path.display().to_string()));
-    }
-    if p.bf16_positions {
-        text.push(("bf16_positions", "true".to_string()));
-    }
-    text
 }

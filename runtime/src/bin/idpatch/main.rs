@@ -15,6 +15,8 @@ mod layout;
 mod output;
 mod sampling_args;
 mod schedule;
+#[cfg(feature = "serve")]
+mod serve;
 mod tokenize;
 mod validate;
 
@@ -50,6 +52,9 @@ enum Command {
     /// Score generated images: each person's face similarity to its reference (Face Sim) and
     /// whether it is the best match (ID-Pos Acc).
     Eval(eval::Args),
+    /// Serve generations over HTTP (POST /v1/generations), one worker per device.
+    #[cfg(feature = "serve")]
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +86,8 @@ fn main() -> ExitCode {
         Command::Faces(args) => faces::run(args),
         Command::Layout(args) => layout::run(args),
         Command::Eval(args) => eval::run(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,
