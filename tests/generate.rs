@@ -6,6 +6,8 @@
 #![cfg(feature = "tract")]
 
 mod common;
+#[path = "common/poisoned.rs"]
+mod poisoned;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -651,39 +653,6 @@ fn bad_inputs_exit_2_with_one_line_and_no_output() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// Copies the tiny set (top-level files and the two tokenizer folders) into `dest`.
-fn copy_tiny_set(dest: &Path) {
-    for sub in ["", "tokenizer", "tokenizer_2"] {
-        std::fs::create_dir_all(dest.join(sub)).unwrap();
-        for entry in std::fs::read_dir(tiny_dir().join(sub)).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() {
-                std::fs::copy(entry.path(), dest.join(sub).join(entry.file_name())).unwrap();
-            }
-        }
-    }
-}
-
-/// Sets the first value of the graph's largest float initializer (a weight) to NaN.
-fn poison_largest_weight(graph_file: &Path) {
-    use prost::Message;
-    let bytes = std::fs::read(graph_file).unwrap();
-    let mut model = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap();
-    let graph = model.graph.as_mut().unwrap();
-    let weight = graph
-        .initializer
-        .iter_mut()
-        .filter(|t| t.data_type == 1) // FLOAT
-        .max_by_key(|t| t.raw_data.len() + 4 * t.float_data.len())
-        .expect("a float initializer");
-    if weight.raw_data.is_empty() {
-        weight.float_data[0] = f32::NAN;
-    } else {
-        weight.raw_data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
-    }
-    std::fs::write(graph_file, model.encode_to_vec()).unwrap();
-}
-
 #[test]
 fn non_finite_values_stop_the_run_naming_step_and_graph() {
     // Every number a user gives is range-checked, so a NaN can only come from a graph: here a
@@ -691,15 +660,7 @@ fn non_finite_values_stop_the_run_naming_step_and_graph() {
     // that the set verifies and the graph really runs.
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("out.png");
-    let set = dir.path().join("poisoned");
-    copy_tiny_set(&set);
-    let graph = set.join("controlnet.onnx");
-    poison_largest_weight(&graph);
-    let manifest_path = set.join("manifest.json");
-    let mut manifest: serde_json::Value = common::read_json(&manifest_path);
-    manifest["graphs"]["controlnet"]["sha256"] =
-        idpatch::checksum::sha256_file(&graph).unwrap().into();
-    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let set = poisoned::poisoned_set(dir.path(), "controlnet");
     let layout = data_dir().join("layout.json");
     let out = idpatch(&[
         "generate",

@@ -18,36 +18,13 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use server::{delete, get, metric, post, post_with, shared, EventStream, Server};
+use server::{
+    b64, delete, example_request, get, metric, post, post_with, shared, EventStream, Server,
+};
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-/// The bundled example layout as a request: faces inlined as base64.
 /// Steps of a job that runs long enough to be cancelled, queued behind or drained: the shared
 /// server's most (`--max-steps` default), a few seconds on the tiny set.
 const LONG_STEPS: usize = 150;
-
-fn example_request(steps: usize, seed: u64) -> Value {
-    let layout: Value = common::read_json(&common::tiny_dir().join("examples/layout.json"));
-    let people: Vec<Value> = layout["people"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(server::example_faces())
-        .map(|(p, face)| {
-            let mut p = p.clone();
-            p["face"] = json!(b64(&std::fs::read(face).unwrap()));
-            p
-        })
-        .collect();
-    json!({
-        "prompt": "three friends in a park",
-        "width": layout["width"], "height": layout["height"],
-        "num_inference_steps": steps, "seed": seed, "people": people,
-    })
-}
 
 fn png_text(png: &[u8]) -> std::collections::BTreeMap<String, String> {
     let file = tempfile::NamedTempFile::new().unwrap();

@@ -273,6 +273,9 @@ pub struct PipelineStats {
     /// Bytes the backend moved in the last timed run (the same in every run); `None` for a
     /// backend without device memory.
     pub traffic: Option<GenerationTraffic>,
+    /// Memory the graphs hold per device after the runs, where the backend reports it
+    /// ([`Models::memory`]); empty otherwise.
+    pub memory: Vec<crate::backend::MemoryUse>,
 }
 
 impl PipelineStats {
@@ -305,6 +308,7 @@ impl PipelineStats {
             controlnet_skipped: last.controlnet_skipped,
             controlnet_saved: summarize(&saved),
             traffic: None,
+            memory: Vec::new(),
         })
     }
 }
@@ -406,6 +410,7 @@ pub fn time_pipeline(
     let mut stats = PipelineStats::from_runs(&timings, load_graphs)
         .ok_or_else(|| Error::invalid_input("--runs", "must be at least 1"))?;
     stats.traffic = traffic;
+    stats.memory = models.memory();
     Ok(stats)
 }
 

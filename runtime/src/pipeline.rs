@@ -32,7 +32,7 @@ use std::time::Instant;
 
 use ndarray::ArrayView3;
 
-use crate::backend::{load_checked, Backend, Graph};
+use crate::backend::{load_checked, Backend, Graph, MemoryUse};
 use crate::face;
 use crate::image_io::{self, Rgb8};
 use crate::layout::Layout;
@@ -429,6 +429,35 @@ impl Models {
             vae_decoder: load(Role::VaeDecoder)?,
             set,
         })
+    }
+
+    /// Memory the graphs hold per device, summed over the graphs whose backend reports it
+    /// (ONNX Runtime's arenas), in device order; empty when none does (tract). `peak` is the sum
+    /// of each graph's own peak, an upper bound on the peak of the whole.
+    pub fn memory(&self) -> Vec<MemoryUse> {
+        let graphs: [&dyn Graph; 8] = [
+            self.text_encoder.as_ref(),
+            self.text_encoder_2.as_ref(),
+            self.arcface.as_ref(),
+            self.patch_proj.as_ref(),
+            self.prompt_proj.as_ref(),
+            self.controlnet.as_ref(),
+            self.unet.as_ref(),
+            self.vae_decoder.as_ref(),
+        ];
+        let mut totals: Vec<MemoryUse> = Vec::new();
+        for used in graphs.iter().filter_map(|g| g.memory()) {
+            match totals.iter_mut().find(|t| t.device == used.device) {
+                Some(t) => {
+                    t.in_use += used.in_use;
+                    t.reserved += used.reserved;
+                    t.peak += used.peak;
+                }
+                None => totals.push(used),
+            }
+        }
+        totals.sort_by(|a, b| a.device.cmp(&b.device));
+        totals
     }
 }
 

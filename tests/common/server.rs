@@ -5,6 +5,9 @@
 //! `listening` log line), so test binaries and tests running in parallel never collide. Servers
 //! are started by one long-lived thread and get SIGKILL when the test process ends (Linux
 //! `PR_SET_PDEATHSIG`), so none outlives the tests.
+//!
+//! Each test file that includes this uses only part of it.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -26,19 +29,19 @@ pub struct Server {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
-/// Arguments every test server gets: the tiny set, a free port, and the warm-up on the bundled
-/// example's shapes (192x128, 3 people), which the tests' requests use too.
-fn base_args() -> Vec<String> {
+/// Arguments every test server gets unless `extra` gives its own: the tiny set (`--models`), a
+/// free port, and the warm-up on the bundled example's shapes (192x128, 3 people), which the
+/// tests' requests use too (`--warmup-layout`, left out when `extra` has a `--warmup-*` flag).
+fn base_args(extra: &[&str]) -> Vec<String> {
     let layout = tiny_dir().join("examples/layout.json");
-    vec![
-        "serve".into(),
-        "--models".into(),
-        tiny_dir().display().to_string(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--warmup-layout".into(),
-        layout.display().to_string(),
-    ]
+    let mut args = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
+    if !extra.contains(&"--models") {
+        args.extend(["--models".into(), tiny_dir().display().to_string()]);
+    }
+    if !extra.iter().any(|a| a.starts_with("--warmup")) {
+        args.extend(["--warmup-layout".into(), layout.display().to_string()]);
+    }
+    args
 }
 
 /// Spawns commands from one thread that lives as long as the test process, so that the
@@ -76,7 +79,7 @@ impl Server {
     pub fn start(extra: &[&str]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_idpatch"));
         command
-            .args(base_args())
+            .args(base_args(extra))
             .args(extra)
             .current_dir(root())
             .stdin(Stdio::null())
@@ -145,7 +148,11 @@ impl Server {
             if let Some(status) = self.child.lock().unwrap().try_wait().unwrap() {
                 return status.code();
             }
-            assert!(started.elapsed() < timeout, "the server did not exit");
+            assert!(
+                started.elapsed() < timeout,
+                "the server did not exit; its log: {:?}",
+                self.log.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -341,4 +348,32 @@ pub fn example_faces() -> Vec<PathBuf> {
         .iter()
         .map(|f| tiny_dir().join("examples").join(f))
         .collect()
+}
+
+/// Standard base64, as requests carry images.
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The bundled example layout (192x128, 3 people) as a request, faces inlined as base64.
+pub fn example_request(steps: usize, seed: u64) -> serde_json::Value {
+    let layout: serde_json::Value =
+        crate::common::read_json(&tiny_dir().join("examples/layout.json"));
+    let people: Vec<serde_json::Value> = layout["people"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(example_faces())
+        .map(|(p, face)| {
+            let mut p = p.clone();
+            p["face"] = serde_json::json!(b64(&std::fs::read(face).unwrap()));
+            p
+        })
+        .collect();
+    serde_json::json!({
+        "prompt": "three friends in a park",
+        "width": layout["width"], "height": layout["height"],
+        "num_inference_steps": steps, "seed": seed, "people": people,
+    })
 }

@@ -103,6 +103,20 @@ impl std::ops::Add for Traffic {
     }
 }
 
+/// Memory one graph's session holds in its backend's allocator, as that allocator reports it
+/// (ONNX Runtime's arena statistics); bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Where the memory is: `cpu` or `cuda:<device id>`.
+    pub device: String,
+    /// Bytes in live allocations.
+    pub in_use: u64,
+    /// Bytes the allocator has reserved from the device (an arena keeps what it reserved).
+    pub reserved: u64,
+    /// The most bytes in use at once so far.
+    pub peak: u64,
+}
+
 /// Inputs and outputs a graph file declares, in its own order.
 #[derive(Debug, Clone)]
 pub struct GraphIo {
@@ -152,6 +166,12 @@ pub trait Graph: Send {
 
     /// [`Backend::traffic`] of the backend that loaded this graph (all its graphs together).
     fn traffic(&self) -> Option<Traffic> {
+        None
+    }
+
+    /// Memory this graph's session holds, where the backend's allocator reports it (ONNX
+    /// Runtime's arenas); `None` otherwise (tract, or an allocator without statistics).
+    fn memory(&self) -> Option<MemoryUse> {
         None
     }
 

@@ -85,6 +85,7 @@ use crate::{Error, Result};
 mod cuda_graph;
 mod graph;
 mod library;
+mod memory;
 mod options;
 mod providers;
 mod tensorrt;

@@ -21,7 +21,7 @@ const MIN_ROWS: usize = 12;
 /// Input row ranges `[start, end)` of the bands of a level `height` rows tall; one band when
 /// the level is not much taller than `band`.
 pub fn band_rows(height: usize, band: usize) -> Vec<(usize, usize)> {
-    debug_assert!(band % 2 == 0 && band > OVERLAP + 2);
+    debug_assert!(band.is_multiple_of(2) && band > OVERLAP + 2);
     let step = band - OVERLAP;
     let mut bands = Vec::new();
     let mut start = 0;

@@ -1,12 +1,13 @@
 //! The server's Prometheus metrics (`GET /metrics`, text exposition format), all named
 //! `idpatch_*`, kept in their own registry.
 //!
-//! Device memory is not exported: neither backend reports it today (tract runs on the host;
-//! ONNX Runtime's CUDA arena has no query in the bindings used).
+//! Device memory (`idpatch_device_memory_bytes`) is what ONNX Runtime's arenas report for each
+//! worker's graphs, read after the warm-up and after every job; tract reports none, so a tract
+//! server exports no such series.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// Every metric the server exports.
@@ -31,6 +32,9 @@ pub struct Metrics {
     pub steps: IntCounter,
     /// Denoising steps per second of the last finished generation.
     pub steps_per_second: Gauge,
+    /// Bytes each worker's graphs hold per device, by `kind`: `in_use`, `reserved` (what the
+    /// arenas took from the device) and `peak` (sum of the graphs' peaks).
+    pub device_memory: IntGaugeVec,
 }
 
 impl Metrics {
@@ -75,6 +79,14 @@ impl Metrics {
             "Denoising steps per second of the last finished generation",
         )
         .expect("valid metric");
+        let device_memory = IntGaugeVec::new(
+            Opts::new(
+                "idpatch_device_memory_bytes",
+                "Bytes a worker's graphs hold per device, as ONNX Runtime's arenas report them",
+            ),
+            &["worker", "device", "kind"],
+        )
+        .expect("valid metric");
         let metrics = Metrics {
             registry,
             requests,
@@ -86,13 +98,14 @@ impl Metrics {
             stage_seconds,
             steps,
             steps_per_second,
+            device_memory,
         };
         metrics.register();
         metrics
     }
 
     fn register(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 10] = [
             Box::new(self.requests.clone()),
             Box::new(self.rejected.clone()),
             Box::new(self.cancelled.clone()),
@@ -102,6 +115,7 @@ impl Metrics {
             Box::new(self.stage_seconds.clone()),
             Box::new(self.steps.clone()),
             Box::new(self.steps_per_second.clone()),
+            Box::new(self.device_memory.clone()),
         ];
         for c in collectors {
             self.registry.register(c).expect("metric names are unique");
@@ -113,6 +127,22 @@ impl Metrics {
         self.stage_seconds
             .with_label_values(&[stage])
             .observe(seconds);
+    }
+
+    /// Sets worker `worker`'s device-memory gauges.
+    pub fn set_device_memory(&self, worker: usize, memory: &[crate::backend::MemoryUse]) {
+        let worker = worker.to_string();
+        for m in memory {
+            for (kind, bytes) in [
+                ("in_use", m.in_use),
+                ("reserved", m.reserved),
+                ("peak", m.peak),
+            ] {
+                self.device_memory
+                    .with_label_values(&[worker.as_str(), m.device.as_str(), kind])
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+        }
     }
 
     /// The registry in Prometheus' text exposition format.

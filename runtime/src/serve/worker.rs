@@ -51,11 +51,13 @@ pub fn spawn(
                     }
                 }
             }
+            state.metrics.set_device_memory(index, &models.memory());
             state.metrics.workers_ready.inc();
             state.worker_ready();
             while let Some(ticket) = state.queue.pop(index) {
                 state.update_gauges();
                 run_ticket(&mut models, &ticket, &state.metrics);
+                state.metrics.set_device_memory(index, &models.memory());
                 state.queue.finish(&ticket);
                 state.update_gauges();
             }

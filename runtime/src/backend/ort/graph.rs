@@ -17,7 +17,7 @@ use ::ort::value::{DynTensor, DynTensorValueType, TensorElementType, ValueType};
 
 use super::cuda_graph::CapturedGraph;
 use super::{Ep, Residency};
-use crate::backend::{check_run_inputs, DeviceTensor, Graph, GraphIo, Traffic, Value};
+use crate::backend::{check_run_inputs, DeviceTensor, Graph, GraphIo, MemoryUse, Traffic, Value};
 use crate::manifest::{Dim, Role, TensorSpec};
 use crate::tensor::{DType, Tensor, TensorData};
 use crate::{Error, Result};
@@ -335,6 +335,14 @@ impl Graph for OrtGraph {
 
     fn traffic(&self) -> Option<Traffic> {
         Some(self.counters.snapshot())
+    }
+
+    fn memory(&self) -> Option<MemoryUse> {
+        let device = match self.ep {
+            Ep::Cuda | Ep::TensorRt => format!("cuda:{}", self.device_memory.device_id()),
+            _ => "cpu".to_string(),
+        };
+        super::memory::arena_use(&self.session, &self.device_memory, device)
     }
 
     fn to_host(&self, value: Value) -> Result<Tensor> {

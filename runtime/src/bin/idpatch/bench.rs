@@ -666,6 +666,10 @@ fn pipeline_json(
             "saved": stats.controlnet_saved.as_ref().map(timing_json),
         },
         "traffic": traffic,
+        "memory": stats.memory.iter().map(|m| json!({
+            "device": m.device, "in_use_bytes": m.in_use, "reserved_bytes": m.reserved,
+            "peak_bytes": m.peak,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -688,6 +692,17 @@ fn print_window_and_traffic(configs: &[Config], results: &[PipelineStats]) -> an
             for line in traffic.summary().lines() {
                 outln!("{}: {line}", config.shown())?;
             }
+        }
+        for m in &stats.memory {
+            let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+            outln!(
+                "{}: memory on {}: {:.1} MiB in use, {:.1} MiB reserved, graphs' peaks sum to {:.1} MiB",
+                config.shown(),
+                m.device,
+                mib(m.in_use),
+                mib(m.reserved),
+                mib(m.peak)
+            )?;
         }
     }
     Ok(())

@@ -241,3 +241,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     drop(backends);
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: super::Args,
+    }
+
+    fn devices(flags: &[&str]) -> Result<Vec<Option<i32>>, String> {
+        let cli = Cli::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.args.devices().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn one_worker_per_device_or_per_workers_count() {
+        assert_eq!(devices(&[]), Ok(vec![None]));
+        assert_eq!(devices(&["--workers", "3"]), Ok(vec![None; 3]));
+        assert_eq!(devices(&["--device-id", "0,1"]), Ok(vec![Some(0), Some(1)]));
+        assert_eq!(devices(&["--device-id", "2"]), Ok(vec![Some(2)]));
+        assert!(devices(&["--device-id", "0", "--workers", "1"])
+            .unwrap_err()
+            .contains("not both"));
+        assert!(devices(&["--workers", "0"])
+            .unwrap_err()
+            .contains("1 to 64"));
+    }
+}
