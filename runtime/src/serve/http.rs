@@ -423,8 +423,9 @@ fn prepare(
         .zip(&parsed.faces)
         .any(|(person, img)| people::needs_detection(person, img));
     if needs_detection {
-        let mut detector = state.detector.lock().unwrap_or_else(|e| e.into_inner());
-        people::locate_faces(&mut parsed.layout, &parsed.faces, &mut detector)?;
+        state
+            .detectors
+            .with(|detector| people::locate_faces(&mut parsed.layout, &parsed.faces, detector))?;
     }
     let job = pipeline::prepare_with_faces(
         &state.set,

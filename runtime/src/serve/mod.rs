@@ -16,6 +16,7 @@
 //! timeout, after which they are cancelled), then the process exits with status 0.
 
 pub mod api;
+pub mod detectors;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
@@ -39,6 +40,7 @@ use crate::layout::{Layout, Person, Placement};
 use crate::manifest::{Checksums, ModelSet};
 use crate::pipeline::{self, Job, Models, Params, Tokenizers};
 use crate::{Error, Result};
+use detectors::DetectorPool;
 
 use self::metrics::Metrics;
 use self::queue::Queue;
@@ -111,9 +113,9 @@ pub struct ServerState {
     pub tokenizers: Tokenizers,
     /// What the PNGs record about the run (set, checksums, backend).
     pub run: RunRecord,
-    /// The set's face detector (MTCNN, on the first device's backend), for people whose photo
-    /// has no `face_keypoints` and is not an aligned crop; requests take turns on it.
-    pub detector: Mutex<Detector>,
+    /// The set's face detectors (MTCNN, one per worker's backend), for people whose photo has
+    /// no `face_keypoints` and is not an aligned crop.
+    pub detectors: DetectorPool,
     pub queue: Queue,
     pub metrics: Metrics,
     workers: usize,
@@ -183,9 +185,16 @@ pub struct Engine {
 }
 
 /// Runs the server until SIGTERM or SIGINT and a drain, on one worker per engine (all engines
-/// load the same set); `detector` locates faces in photos that come without keypoints. Returns when the server stopped; errors: the address cannot be bound, a
-/// worker's warm-up failed, or the warm-up layout is unusable.
-pub fn run(config: Config, engines: Vec<Engine>, detector: Detector) -> Result<()> {
+/// load the same set); `detectors` (at least one; one per engine's backend serves most) locate
+/// faces in photos that come without keypoints. Returns when the server stopped; errors: the
+/// address cannot be bound, a worker's warm-up failed, or the warm-up layout is unusable.
+pub fn run(config: Config, engines: Vec<Engine>, detectors: Vec<Detector>) -> Result<()> {
+    if detectors.is_empty() {
+        return Err(Error::invalid_input(
+            "--device-id",
+            "no face detector loaded",
+        ));
+    }
     let first = engines
         .first()
         .ok_or_else(|| Error::invalid_input("--device-id", "no device to run on"))?;
@@ -218,7 +227,7 @@ pub fn run(config: Config, engines: Vec<Engine>, detector: Detector) -> Result<(
         set,
         tokenizers,
         run,
-        detector: Mutex::new(detector),
+        detectors: DetectorPool::new(detectors),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -235,9 +235,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
         backends.push(backend);
     }
-    // The face detector runs on the first device's backend, for people given without keypoints.
-    let detector = Detector::load(backends[0].as_ref(), &set, DetectorOptions::default())?;
-    serve::run(config, engines, detector)?;
+    // One face detector per worker's backend, for people given without keypoints.
+    let detectors = backends
+        .iter()
+        .map(|b| Detector::load(b.as_ref(), &set, DetectorOptions::default()))
+        .collect::<Result<Vec<_>, _>>()?;
+    serve::run(config, engines, detectors)?;
     drop(backends);
     Ok(ExitCode::SUCCESS)
 }
