@@ -315,6 +315,10 @@ fn auto_says_which_provider_it_got() {
         .unwrap_or_else(|| panic!("no choice reported: {stderr}"));
     let ep = chose.split_whitespace().next().unwrap();
     assert!(["tensorrt", "cuda", "cpu"].contains(&ep), "{chose}");
+    // Each refused provider with ONNX Runtime's reason, once, without the flag or library path
+    // every refusal would otherwise repeat.
+    assert!(!chose.contains("--ep:"), "{chose}");
+    assert!(!chose.contains(lib.to_str().unwrap()), "{chose}");
     assert!(
         stdout.contains(&format!("within tolerance on ort-{ep}")),
         "{stdout}"

@@ -56,6 +56,11 @@ impl Role {
         Role::FaceDetectorOnet,
     ];
 
+    /// The longest [`Role::name`], for table columns that line up.
+    pub fn name_width() -> usize {
+        Role::ALL.iter().map(|r| r.name().len()).max().unwrap_or(0)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Role::TextEncoder => "text_encoder",

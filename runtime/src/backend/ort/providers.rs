@@ -161,11 +161,7 @@ impl OrtBackend {
                             chosen = Some((s, ep));
                             break;
                         }
-                        Err(e) => {
-                            let e = e.to_string();
-                            let reason = e.split(GPU_BUILD_HINT).next().unwrap_or(&e);
-                            refusals.push(format!("{ep}: {}", reason.trim_end()));
-                        }
+                        Err(e) => refusals.push(format!("{ep}: {}", refusal_reason(&e))),
                     }
                 }
                 let (session, ep) = match chosen {
@@ -181,4 +177,16 @@ impl OrtBackend {
             }
         })
     }
+}
+
+/// Why a provider could not start, for the `auto` notice: ONNX Runtime's own words, without the
+/// flag, library path and install hint every refusal repeats.
+fn refusal_reason(error: &Error) -> String {
+    let text = match error {
+        Error::InvalidInput { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    };
+    let text = text.split(GPU_BUILD_HINT).next().unwrap_or(&text);
+    let text = text.split_once(" provider: ").map_or(text, |(_, why)| why);
+    text.trim_end().trim_end_matches('.').to_string()
 }

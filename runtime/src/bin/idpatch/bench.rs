@@ -14,7 +14,7 @@ use idpatch::Error;
 use serde_json::json;
 
 use crate::backend_args::{BackendArgs, Provider};
-use crate::output::outln;
+use crate::output::{graph_cell, outln};
 use crate::sampling_args::SamplingArgs;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -258,8 +258,8 @@ fn bench(args: &Args) -> anyhow::Result<ExitCode> {
     let (size, source) = graph_inputs(args)?;
     if !args.json {
         outln!(
-            "{:<15} {:<22} {:>10} {:>10} {:>5}  shapes",
-            "graph",
+            "{} {:<22} {:>10} {:>10} {:>5}  shapes",
+            graph_cell("graph"),
             "config",
             "median ms",
             "p90 ms",
@@ -353,8 +353,8 @@ fn print_timing(
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         outln!(
-            "{:<15} {:<22} {:>10.3} {:>10.3} {:>5}  {}",
-            role.name(),
+            "{} {:<22} {:>10.3} {:>10.3} {:>5}  {}",
+            graph_cell(role.name()),
             config.shown(),
             timing.stats.median_ms,
             timing.stats.p90_ms,
@@ -376,8 +376,8 @@ fn print_ratio(args: &Args, role: Role, configs: &[Config], ratio: f64) -> anyho
         outln!("{line}")?;
     } else {
         outln!(
-            "{:<15} {:<22} {:>10.3}",
-            role.name(),
+            "{} {:<22} {:>10.3}",
+            graph_cell(role.name()),
             "ratio of medians",
             ratio
         )?;

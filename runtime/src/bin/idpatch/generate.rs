@@ -252,5 +252,8 @@ fn write_outputs(
     }
     let files: Vec<(&Path, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
     fsutil::write_all_atomic(&files)?;
+    for (path, _) in &files {
+        note!("wrote {}", path.display());
+    }
     Ok(())
 }

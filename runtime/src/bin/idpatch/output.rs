@@ -66,3 +66,11 @@ macro_rules! note_inline {
 }
 
 pub(crate) use {note, note_inline, outln};
+
+/// A graph name padded to the longest graph name, so that table columns line up.
+pub fn graph_cell(name: &str) -> String {
+    format!(
+        "{name:<width$}",
+        width = idpatch::manifest::Role::name_width()
+    )
+}

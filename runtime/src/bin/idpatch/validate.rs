@@ -5,7 +5,7 @@ use idpatch::manifest::{Checksums, ModelSet, Role};
 use idpatch::validate::validate_graph;
 
 use crate::backend_args::BackendArgs;
-use crate::output::outln;
+use crate::output::{graph_cell, outln};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -41,8 +41,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Device outputs, so that a GPU run also checks the copy back to the host.
     let backend = args.backend.make()?;
     outln!(
-        "{:<15} {:>12} {:>12} {:>10} {:>9}  result",
-        "graph",
+        "{} {:>12} {:>12} {:>10} {:>9}  result",
+        graph_cell("graph"),
         "max abs err",
         "max rel err",
         "tolerance",
@@ -54,8 +54,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.backend.check_resolved(backend.as_ref())?;
         all_passed &= report.passed();
         outln!(
-            "{:<15} {:>12.3e} {:>12.3e} {:>10.1e} {:>9.2}  {}",
-            role.name(),
+            "{} {:>12.3e} {:>12.3e} {:>10.1e} {:>9.2}  {}",
+            graph_cell(role.name()),
             report.max_abs_err(),
             report.max_rel_err(),
             report.tolerance,
