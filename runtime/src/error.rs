@@ -29,7 +29,7 @@ pub enum Error {
 
     /// The caller stopped a generation between denoising steps
     /// ([`crate::pipeline::denoise`]'s step callback): `step` of `steps` were done.
-    #[error("cancelled after denoising step {step} of {steps}")]
+    #[error("{}", cancelled_message(*step, *steps))]
     Cancelled { step: usize, steps: usize },
 }
 
@@ -83,5 +83,13 @@ where
         format!("{v:e}")
     } else {
         v.to_string()
+    }
+}
+
+fn cancelled_message(step: usize, steps: usize) -> String {
+    if step == 0 {
+        format!("cancelled before the first of {steps} denoising steps")
+    } else {
+        format!("cancelled after denoising step {step} of {steps}")
     }
 }

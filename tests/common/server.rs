@@ -248,11 +248,16 @@ pub fn get(server: &Server, path: &str) -> (u16, String) {
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
-/// POST a JSON body to /v1/generations with extra headers.
+/// POST a body to /v1/generations with extra headers (`content-type: application/json` unless
+/// they give one).
 pub fn post_with(server: &Server, body: &[u8], headers: &[(&str, &str)]) -> Reply {
-    let mut request = agent()
-        .post(server.url("/v1/generations"))
-        .header("content-type", "application/json");
+    let mut request = agent().post(server.url("/v1/generations"));
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        request = request.header("content-type", "application/json");
+    }
     for (k, v) in headers {
         request = request.header(*k, *v);
     }

@@ -175,7 +175,7 @@ impl ApiError {
 
     /// 400 naming `field`.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
-        let field = field.into();
+        let field = echo(&field.into());
         ApiError {
             message: format!("{field}: {}", message.into()),
             field: Some(field),
@@ -481,9 +481,32 @@ pub fn timings_map(t: &Timings) -> BTreeMap<String, f64> {
     .collect()
 }
 
+/// Longest piece of client input echoed back in an error (field names, ids), in characters.
+pub const MAX_ECHO_CHARS: usize = 64;
+
+/// `text` as an error may echo it: at most [`MAX_ECHO_CHARS`] characters, a longer one cut with
+/// `...` (a client cannot make the server send back what it sent in bulk).
+pub fn echo(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHO_CHARS) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_input_is_echoed_short() {
+        let long = "é".repeat(30_000);
+        let e = ApiError::field(long.as_str(), "unexpected part");
+        let field = e.field.unwrap();
+        assert_eq!(field.chars().count(), MAX_ECHO_CHARS + 3);
+        assert!(field.ends_with("..."));
+        assert!(e.message.len() < 200, "{}", e.message);
+        assert_eq!(echo("people[0]"), "people[0]");
+    }
 
     #[test]
     fn parse_errors_name_a_field_only_when_one_is_at_fault() {

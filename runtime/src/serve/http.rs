@@ -2,6 +2,7 @@
 //! cancellation, health, readiness, metrics and the OpenAPI document; plus the middleware that
 //! authenticates `/v1/*`, counts every answer and logs one line per request.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::api::{self, ApiError, ErrorBody, GenerationResponse, ResponseFormat};
-use super::queue::{Event, Refused, Ticket};
+use super::queue::{Cancel, Event, Refused, Ticket};
 use super::{stream, ServerState};
 use crate::detect::people;
 use crate::image_io;
@@ -200,13 +201,20 @@ pub async fn cancel_generation(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if state.queue.cancel(&id) {
+    let found = state.queue.cancel(&id);
+    if found == Cancel::Queued {
+        state.metrics.cancelled.inc();
+    }
+    if found != Cancel::NotFound {
         let body = Json(json!({"id": id, "status": "cancelling"}));
         Ok((StatusCode::ACCEPTED, body).into_response())
     } else {
         let mut e = ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("no queued or running generation has id {id:?}"),
+            format!(
+                "no queued or running generation has id {:?}",
+                api::echo(&id)
+            ),
         );
         e.field = Some("id".into());
         Err(e)
@@ -255,11 +263,37 @@ pub async fn create_generation(
             return Err(e);
         }
     };
-    let (body, files) = read_body(&state, request).await?;
-    let prepare_state = state.clone();
-    let prepared = tokio::task::spawn_blocking(move || prepare(&prepare_state, &body, files))
+    let read_timeout = state.config.read_timeout;
+    let (body, files) = tokio::time::timeout(read_timeout, read_body(&state, request))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s",
+                    read_timeout.as_secs_f64()
+                ),
+            )
+        })??;
+    // Preparing decodes photos and runs face detection: a bounded number at once, and only for
+    // requests the queue can still take. Waiting for a slot costs nothing if the client leaves.
+    let slot = state
+        .preparing
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+    if state.queue.depth() >= state.config.queue_capacity {
+        return Err(queue_full(&state));
+    }
+    let prepare_state = state.clone();
+    let abandoned = AbandonOnDrop::default();
+    let flag = abandoned.0.clone();
+    let prepared =
+        tokio::task::spawn_blocking(move || prepare(&prepare_state, &body, files, &flag))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    drop(abandoned);
+    drop(slot);
     let (job, format, stream) = prepared?;
     let prepare_seconds = started.elapsed().as_secs_f64();
     state.metrics.observe("prepare", prepare_seconds);
@@ -286,10 +320,22 @@ pub async fn create_generation(
     outcome.wait(events, format).await
 }
 
+/// Set when the handler that started a preparation is dropped (its client went away), so the
+/// blocking preparation can stop before its costly part.
+#[derive(Default)]
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Reads and drops the body of a request refused before its body was read (at most the body
 /// limit), so that the client, still sending, gets the answer instead of a reset connection.
 async fn discard_body(state: &ServerState, request: Request) {
-    let _ = axum::body::to_bytes(request.into_body(), state.config.max_body_bytes).await;
+    let read = axum::body::to_bytes(request.into_body(), state.config.max_body_bytes);
+    let _ = tokio::time::timeout(state.config.read_timeout, read).await;
 }
 
 /// The client's `x-generation-id`, checked, or a new one.
@@ -337,16 +383,26 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    if content_type.starts_with("multipart/form-data") {
+    let (essence, parameters) = content_type
+        .split_once(';')
+        .unwrap_or((content_type.as_str(), ""));
+    if essence.trim() == "multipart/form-data" {
         let multipart = Multipart::from_request(request, &())
             .await
             .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
         return read_multipart(multipart, too_large).await;
     }
-    if !content_type.starts_with("application/json") {
+    let charset_ok = parameters.split(';').all(|p| match p.split_once('=') {
+        Some((k, v)) if k.trim() == "charset" => {
+            matches!(v.trim().trim_matches('"'), "utf-8" | "utf8")
+        }
+        _ => true,
+    });
+    if essence.trim() != "application/json" || !charset_ok {
+        discard_body(state, request).await;
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send the request as application/json or multipart/form-data",
+            "send the request as application/json (UTF-8) or multipart/form-data",
         ));
     }
     let body = Bytes::from_request(request, &()).await.map_err(|e| {
@@ -376,7 +432,7 @@ async fn read_multipart(
     let mut body = None;
     let mut faces = Vec::new();
     while let Some(field) = multipart.next_field().await.map_err(part_error)? {
-        let name = field.name().unwrap_or("").to_string();
+        let name = field.name().unwrap_or("(no name)").to_string();
         match name.as_str() {
             "request" if body.is_none() => body = Some(field.bytes().await.map_err(part_error)?),
             "face" => faces.push(field.bytes().await.map_err(part_error)?.to_vec()),
@@ -399,6 +455,7 @@ fn prepare(
     state: &ServerState,
     body: &[u8],
     files: Option<Vec<Vec<u8>>>,
+    abandoned: &AtomicBool,
 ) -> Result<(Job, ResponseFormat, bool), ApiError> {
     let request = api::parse_json(body)?;
     let limits = api::RequestLimits {
@@ -422,6 +479,10 @@ fn prepare(
         .iter()
         .zip(&parsed.faces)
         .any(|(person, img)| people::needs_detection(person, img));
+    // The client may have gone while the photos were decoded; detection is the costly part.
+    if abandoned.load(Ordering::Relaxed) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "the client went away"));
+    }
     if needs_detection {
         state
             .detectors
@@ -445,22 +506,7 @@ fn admit(state: &ServerState, ticket: &Arc<Ticket>) -> Result<(), ApiError> {
             state.update_gauges();
             Ok(())
         }
-        Err(Refused::Full) => {
-            state
-                .metrics
-                .rejected
-                .with_label_values(&["queue_full"])
-                .inc();
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "the queue is full ({} waiting); retry later",
-                    state.config.queue_capacity
-                ),
-            );
-            e.retry_after = Some(retry_after(state));
-            Err(e)
-        }
+        Err(Refused::Full) => Err(queue_full(state)),
         Err(Refused::Closed) => {
             state
                 .metrics
@@ -476,6 +522,24 @@ fn admit(state: &ServerState, ticket: &Arc<Ticket>) -> Result<(), ApiError> {
             ..ApiError::field(GENERATION_ID, "a queued or running generation has this id")
         }),
     }
+}
+
+/// 429 with Retry-After: the queue holds `--queue-capacity` jobs already (counted as rejected).
+fn queue_full(state: &ServerState) -> ApiError {
+    state
+        .metrics
+        .rejected
+        .with_label_values(&["queue_full"])
+        .inc();
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!(
+            "the queue is full ({} waiting); retry later",
+            state.config.queue_capacity
+        ),
+    );
+    e.retry_after = Some(retry_after(state));
+    e
 }
 
 /// Seconds until a slot is likely free: the queue's jobs at the mean generation time seen so far
@@ -509,7 +573,14 @@ impl CancelOnDrop {
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if self.armed && self.state.queue.cancel(&self.id) {
+        if !self.armed {
+            return;
+        }
+        let found = self.state.queue.cancel(&self.id);
+        if found == Cancel::Queued {
+            self.state.metrics.cancelled.inc();
+        }
+        if found != Cancel::NotFound {
             self.state.log_event("client_gone", json!({"id": self.id}));
         }
     }

@@ -16,6 +16,7 @@
 //! timeout, after which they are cancelled), then the process exits with status 0.
 
 pub mod api;
+pub mod conn;
 pub mod detectors;
 pub mod http;
 pub mod metrics;
@@ -68,6 +69,15 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// The warm-up generation each worker runs before the server is ready.
     pub warmup: Warmup,
+    /// Most connections open at once; more are closed as they arrive.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers (also the longest a keep-alive
+    /// connection may stay idle) and, separately, its body; past it the connection is closed
+    /// (headers) or the request gets 408 (body).
+    pub read_timeout: Duration,
+    /// Most requests being prepared (decoded, faces detected) at once; more wait their turn, and
+    /// are refused with 429 if the queue is full when their turn comes.
+    pub max_preparing: usize,
 }
 
 impl Default for Config {
@@ -86,6 +96,9 @@ impl Default for Config {
                 width: 1024,
                 height: 1024,
             },
+            max_connections: 1024,
+            read_timeout: Duration::from_secs(30),
+            max_preparing: 2,
         }
     }
 }
@@ -116,6 +129,8 @@ pub struct ServerState {
     /// The set's face detectors (MTCNN, one per worker's backend), for people whose photo has
     /// no `face_keypoints` and is not an aligned crop.
     pub detectors: DetectorPool,
+    /// Slots for requests being prepared ([`Config::max_preparing`]).
+    pub preparing: tokio::sync::Semaphore,
     pub queue: Queue,
     pub metrics: Metrics,
     workers: usize,
@@ -188,7 +203,7 @@ pub struct Engine {
 /// load the same set); `detectors` (at least one; one per engine's backend serves most) locate
 /// faces in photos that come without keypoints. Returns when the server stopped; errors: the
 /// address cannot be bound, a worker's warm-up failed, or the warm-up layout is unusable.
-pub fn run(config: Config, engines: Vec<Engine>, detectors: Vec<Detector>) -> Result<()> {
+pub fn run(config: Config, engines: Vec<Engine>, mut detectors: Vec<Detector>) -> Result<()> {
     if detectors.is_empty() {
         return Err(Error::invalid_input(
             "--device-id",
@@ -200,7 +215,7 @@ pub fn run(config: Config, engines: Vec<Engine>, detectors: Vec<Detector>) -> Re
         .ok_or_else(|| Error::invalid_input("--device-id", "no device to run on"))?;
     let set = first.models.set.clone();
     let tokenizers = Tokenizers::load(&set)?;
-    let warmup = warmup_job(&config.warmup, &set, &tokenizers)?;
+    let warmup = warmup_job(&config.warmup, &set, &tokenizers, detectors.first_mut())?;
     let run = RunRecord {
         set_name: set.name().to_string(),
         digest: set.model_set_digest()?,
@@ -213,6 +228,7 @@ pub fn run(config: Config, engines: Vec<Engine>, detectors: Vec<Detector>) -> Re
     let started = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
+    let config_max_preparing = config.max_preparing.max(1);
     let state = Arc::new(ServerState {
         queue: Queue::new(config.queue_capacity),
         metrics: Metrics::new(),
@@ -228,6 +244,7 @@ pub fn run(config: Config, engines: Vec<Engine>, detectors: Vec<Detector>) -> Re
         tokenizers,
         run,
         detectors: DetectorPool::new(detectors),
+        preparing: tokio::sync::Semaphore::new(config_max_preparing),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -260,10 +277,7 @@ async fn serve(state: Arc<ServerState>, engines: Vec<Engine>, warmup: Option<Job
     let shutdown = async move {
         let _ = drained.await;
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| Error::io("HTTP server", e))?;
+    conn::serve(listener, app, state.clone(), shutdown).await;
     state.queue.close();
     let joined = tokio::task::spawn_blocking(move || {
         for handle in handles {
@@ -305,7 +319,8 @@ async fn drain_on_signal(state: Arc<ServerState>) {
             "drain_timeout",
             json!({"cancelled_jobs": state.queue.live()}),
         );
-        state.queue.cancel_all();
+        let queued = state.queue.cancel_all();
+        state.metrics.cancelled.inc_by(queued as u64);
         // Running jobs stop after their current step.
         while state.queue.live() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -336,7 +351,60 @@ async fn wait_for_signal() -> &'static str {
 }
 
 /// The warm-up job of `warmup` (None when off).
-fn warmup_job(warmup: &Warmup, set: &ModelSet, tokenizers: &Tokenizers) -> Result<Option<Job>> {
+/// What can be checked of the warm-up before any graph is loaded: the layout file parses and its
+/// sides (or the `--warmup-size`) suit the set. Errors name the flag.
+pub fn check_warmup(warmup: &Warmup, set: &ModelSet) -> Result<()> {
+    let (flag, width, height) = match warmup {
+        Warmup::Off => return Ok(()),
+        Warmup::Layout(path) => {
+            let layout = Layout::load(path, true).map_err(|e| named("--warmup-layout", e))?;
+            ("--warmup-layout", layout.width, layout.height)
+        }
+        Warmup::Synthetic { width, height } => ("--warmup-size", *width, *height),
+    };
+    pipeline::check_image_sides(
+        &set.manifest.config,
+        [("width", width as usize), ("height", height as usize)],
+    )
+    .map_err(|e| named(flag, e))
+}
+
+/// An input error re-attributed to `flag` (the original input becomes part of the reason).
+pub fn named(flag: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidInput { input, reason } => {
+            Error::invalid_input(flag, format!("{input}: {reason}"))
+        }
+        Error::Io { path, cause } => {
+            Error::invalid_input(flag, format!("{}: {cause}", path.display()))
+        }
+        other => other,
+    }
+}
+
+/// The warm-up job `warmup` describes: a layout file (its photos' faces found with `detector`
+/// when they come without keypoints, as for requests) or one grey face at a given size. Errors
+/// name the flag: an unreadable or invalid layout is a `--warmup-layout` error, a size the set
+/// cannot generate a `--warmup-size` one.
+pub fn warmup_job(
+    warmup: &Warmup,
+    set: &ModelSet,
+    tokenizers: &Tokenizers,
+    detector: Option<&mut Detector>,
+) -> Result<Option<Job>> {
+    let flag = match warmup {
+        Warmup::Layout(_) => "--warmup-layout",
+        _ => "--warmup-size",
+    };
+    warmup_job_unnamed(warmup, set, tokenizers, detector).map_err(|e| named(flag, e))
+}
+
+fn warmup_job_unnamed(
+    warmup: &Warmup,
+    set: &ModelSet,
+    tokenizers: &Tokenizers,
+    detector: Option<&mut Detector>,
+) -> Result<Option<Job>> {
     let params = Params {
         prompt: "warm-up".into(),
         steps: WARMUP_STEPS,
@@ -345,8 +413,21 @@ fn warmup_job(warmup: &Warmup, set: &ModelSet, tokenizers: &Tokenizers) -> Resul
     match warmup {
         Warmup::Off => Ok(None),
         Warmup::Layout(path) => {
-            let layout = Layout::load(path, true)?;
-            pipeline::prepare(set, tokenizers, layout, params, None).map(Some)
+            let mut layout = Layout::load(path, true)?;
+            let faces = pipeline::load_face_images(&layout)?;
+            let needs_detection = layout
+                .people
+                .iter()
+                .zip(&faces)
+                .any(|(person, img)| crate::detect::people::needs_detection(person, img));
+            match detector {
+                Some(detector) if needs_detection => {
+                    crate::detect::people::locate_faces(&mut layout, &faces, detector)?;
+                }
+                _ => {}
+            }
+            pipeline::prepare_with_faces(set, tokenizers, layout, params, None, Some(&faces))
+                .map(Some)
         }
         Warmup::Synthetic { width, height } => {
             let layout = Layout {

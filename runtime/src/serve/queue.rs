@@ -34,6 +34,17 @@ pub enum Event {
     Finished(Box<Result<Generated, Error>>),
 }
 
+/// What [`Queue::cancel`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancel {
+    /// No queued or running job has the id.
+    NotFound,
+    /// The job was waiting: it left the queue and will never run.
+    Queued,
+    /// The job is running: it stops after its current step.
+    Running,
+}
+
 /// One generation between its admission and its end.
 #[derive(Debug)]
 pub struct Ticket {
@@ -183,12 +194,12 @@ impl Queue {
     }
 
     /// Asks the live job `id` to stop: a queued one leaves the queue at once (and hears
-    /// [`Error::Cancelled`]), a running one stops after its current step. False when no live
-    /// job has this id.
-    pub fn cancel(&self, id: &str) -> bool {
+    /// [`Error::Cancelled`]), a running one stops after its current step (its worker counts
+    /// it). What the job was, or [`Cancel::NotFound`] when no live job has this id.
+    pub fn cancel(&self, id: &str) -> Cancel {
         let mut inner = self.lock();
         let Some(ticket) = inner.live.get(id).cloned() else {
-            return false;
+            return Cancel::NotFound;
         };
         ticket.cancel.store(true, Ordering::Release);
         if ticket.transition(QUEUED, CANCELLED) {
@@ -200,8 +211,9 @@ impl Queue {
                 step: 0,
                 steps,
             }))));
+            return Cancel::Queued;
         }
-        true
+        Cancel::Running
     }
 
     /// The handler's deadline passed: true when the job had not started (it is dropped and never
@@ -223,12 +235,12 @@ impl Queue {
         self.available.notify_all();
     }
 
-    /// Cancels every live job (the drain timeout passed).
-    pub fn cancel_all(&self) {
+    /// Cancels every live job (the drain timeout passed); returns how many were still queued.
+    pub fn cancel_all(&self) -> usize {
         let ids: Vec<String> = self.lock().live.keys().cloned().collect();
-        for id in ids {
-            self.cancel(&id);
-        }
+        ids.iter()
+            .filter(|id| self.cancel(id) == Cancel::Queued)
+            .count()
     }
 
     /// Jobs waiting for a worker.

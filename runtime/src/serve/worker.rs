@@ -29,14 +29,26 @@ pub fn spawn(
         .spawn(move || {
             if let Some(job) = warmup {
                 let started = Instant::now();
+                // A drain (SIGTERM during start-up) stops the warm-up between steps.
+                let mut on_step = |_: &pipeline::StepProgress| {
+                    if state.is_draining() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                };
                 let result = catch_unwind(AssertUnwindSafe(|| {
-                    pipeline::generate(&mut models, &job, &mut |_| ControlFlow::Continue(()))
+                    pipeline::generate(&mut models, &job, &mut on_step)
                 }));
                 match result {
                     Ok(Ok(_)) => state.log_event(
                         "warmed_up",
                         serde_json::json!({"worker": index, "seconds": started.elapsed().as_secs_f64()}),
                     ),
+                    Ok(Err(Error::Cancelled { .. })) => {
+                        state.log_event("warmup_cancelled", serde_json::json!({"worker": index}));
+                        return;
+                    }
                     Ok(Err(e)) => {
                         state.log_event(
                             "warmup_failed",

@@ -74,6 +74,17 @@ pub struct Args {
     /// File holding the bearer token that /v1/* requires (trailing whitespace ignored).
     #[arg(long)]
     api_key_file: Option<PathBuf>,
+    /// Most connections open at once; more are closed as they arrive.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers (also the longest a keep-alive
+    /// connection may stay idle), and again its body (408 past it).
+    #[arg(long, default_value_t = 30.0)]
+    read_timeout: f64,
+    /// Most requests prepared at once (photo decoding, face detection); more wait their turn.
+    /// Each holds its decoded photos (at most 64 Mi pixels per photo) while it is prepared.
+    #[arg(long, default_value_t = 2)]
+    max_preparing: usize,
     /// Seconds a drain (SIGTERM, SIGINT) waits for queued and running jobs before cancelling.
     #[arg(long, default_value_t = 60.0)]
     drain_timeout: f64,
@@ -111,7 +122,16 @@ impl Args {
                 "--workers",
                 "give either --device-id (one worker per device) or --workers, not both",
             )),
-            (false, None) => Ok(self.device_id.iter().map(|&d| Some(d)).collect()),
+            (false, None) => {
+                let mut seen = std::collections::BTreeSet::new();
+                if let Some(d) = self.device_id.iter().find(|d| !seen.insert(**d)) {
+                    return Err(Error::invalid_input(
+                        "--device-id",
+                        format!("device {d} is given twice (one worker per device)"),
+                    ));
+                }
+                Ok(self.device_id.iter().map(|&d| Some(d)).collect())
+            }
             (true, Some(n)) if !(1..=64).contains(&n) => Err(Error::invalid_input(
                 "--workers",
                 format!("{n} is not 1 to 64"),
@@ -131,7 +151,17 @@ impl Args {
                 ))
             }
         };
-        let checks: [(&str, bool, &str); 5] = [
+        let checks: [(&str, bool, &str); 7] = [
+            (
+                "--max-connections",
+                (1..=1_000_000).contains(&self.max_connections),
+                "1 to 1000000",
+            ),
+            (
+                "--max-preparing",
+                (1..=1024).contains(&self.max_preparing),
+                "1 to 1024",
+            ),
             (
                 "--queue-capacity",
                 (1..=100_000).contains(&self.queue_capacity),
@@ -172,6 +202,9 @@ impl Args {
             api_key: self.api_key()?,
             drain_timeout: seconds("--drain-timeout", self.drain_timeout)?,
             warmup: self.warmup()?,
+            max_connections: self.max_connections,
+            read_timeout: seconds("--read-timeout", self.read_timeout)?,
+            max_preparing: self.max_preparing,
         })
     }
 
@@ -179,7 +212,8 @@ impl Args {
         let Some(path) = &self.api_key_file else {
             return Ok(None);
         };
-        let text = fsutil::read_text_limited(path, MAX_KEY_BYTES, "--api-key-file")?;
+        let text = fsutil::read_text_limited(path, MAX_KEY_BYTES, "--api-key-file")
+            .map_err(|e| serve::named("--api-key-file", e))?;
         let key = text.trim_end().to_string();
         if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(Error::invalid_input(
@@ -205,7 +239,20 @@ impl Args {
             .split_once('x')
             .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)));
         match size {
-            Some((width, height)) => Ok(Warmup::Synthetic { width, height }),
+            Some((width, height))
+                if [width, height]
+                    .iter()
+                    .all(|side| (32..=self.max_side).contains(side)) =>
+            {
+                Ok(Warmup::Synthetic { width, height })
+            }
+            Some(_) => Err(Error::invalid_input(
+                "--warmup-size",
+                format!(
+                    "{:?}: each side must be 32 to --max-side ({})",
+                    self.warmup_size, self.max_side
+                ),
+            )),
             None => Err(Error::invalid_input(
                 "--warmup-size",
                 format!("{:?} is not WIDTHxHEIGHT or off", self.warmup_size),
@@ -221,6 +268,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.backend_args(*device).check()?;
     }
     let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
+    serve::check_warmup(&config.warmup, &set)?;
     // The backends stay alive as long as the graphs they loaded.
     let mut backends = Vec::new();
     let mut engines = Vec::new();
