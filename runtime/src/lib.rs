@@ -5,11 +5,13 @@
 
 pub mod backend;
 pub mod bench;
+pub mod calibrate;
 pub mod checksum;
 pub mod condition;
 pub mod denoise;
 pub mod error;
 pub mod face;
+pub mod fidelity;
 pub mod fsutil;
 pub mod image_io;
 pub mod layout;

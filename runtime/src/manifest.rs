@@ -293,7 +293,13 @@ pub struct Manifest {
     pub format: u32,
     pub name: String,
     pub size: String,
+    /// The set's precision: `fp32`, `fp16` or `int8` (each graph entry also names its own).
     pub precision: String,
+    /// A set this one shares files with: the name of a sibling folder (same parent directory).
+    /// Manifest paths may then start with `../<base>/` (INT8 sets name the FP32 graphs they do
+    /// not quantize, and their goldens, in the set they were made from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
     #[serde(default)]
     pub source: serde_json::Value,
     pub config: SetConfig,
@@ -389,8 +395,13 @@ impl ModelSet {
         if let Some(name) = m.graphs.keys().find(|n| Role::from_name(n).is_none()) {
             return Err(self.error(format!("unknown graph role {name:?}")));
         }
+        let base = m.base.as_deref();
+        if let Some(base) = base {
+            check_base(&self.dir, base).map_err(|r| self.error(r))?;
+        }
+        check_precision("precision", &m.precision).map_err(|r| self.error(r))?;
         for role in Role::ALL {
-            check_graph_entry(role, self.entry(role)?).map_err(|r| self.error(r))?;
+            check_graph_entry(role, self.entry(role)?, base).map_err(|r| self.error(r))?;
         }
         if let Some(name) = m
             .tokenizers
@@ -406,7 +417,7 @@ impl ModelSet {
             let files = m.tokenizers.get(name).ok_or_else(|| {
                 self.error(format!("{MANIFEST_FILE} has no tokenizers.{name} section"))
             })?;
-            check_tokenizer_entry(name, files).map_err(|r| self.error(r))?;
+            check_tokenizer_entry(name, files, base).map_err(|r| self.error(r))?;
         }
         m.config.check().map_err(|r| self.error(r))?;
         let scheduler = m
@@ -539,6 +550,18 @@ pub fn open_tokenizers(
     let Some(section) = raw.get("tokenizers") else {
         return Ok(None);
     };
+    let base = match raw.get("base") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(b)) => Some(b.as_str()),
+        Some(other) => {
+            return Err(set_error(format!(
+                "{MANIFEST_FILE} is malformed: base: {other} is not a folder name"
+            )))
+        }
+    };
+    if let Some(base) = base {
+        check_base(dir, base).map_err(set_error)?;
+    }
     let tokenizers: BTreeMap<String, TokenizerFiles> =
         serde_path_to_error::deserialize(section.clone())
             .map_err(|e| set_error(format!("{MANIFEST_FILE} is malformed: tokenizers.{e}")))?;
@@ -547,7 +570,7 @@ pub fn open_tokenizers(
         let entry = tokenizers.get(name).ok_or_else(|| {
             set_error(format!("{MANIFEST_FILE} has no tokenizers.{name} section"))
         })?;
-        check_tokenizer_entry(name, entry).map_err(set_error)?;
+        check_tokenizer_entry(name, entry, base).map_err(set_error)?;
         for (_, file, sha) in entry.files() {
             files.push((format!("tokenizers.{name}"), file, sha));
         }
@@ -558,14 +581,19 @@ pub fn open_tokenizers(
 
 /// Paths and sha256 strings of one graph entry; IO names must be file-name safe where goldens
 /// are read by them.
-fn check_graph_entry(role: Role, entry: &GraphEntry) -> std::result::Result<(), String> {
+fn check_graph_entry(
+    role: Role,
+    entry: &GraphEntry,
+    base: Option<&str>,
+) -> std::result::Result<(), String> {
     let what = format!("graph {role}");
-    check_file_entry(&what, "file", &entry.file, &entry.sha256)?;
+    check_precision(&format!("{what}: precision"), &entry.precision)?;
+    check_file_entry(&what, "file", &entry.file, &entry.sha256, base)?;
     for data in &entry.external_data {
-        check_file_entry(&what, "external_data file", &data.file, &data.sha256)?;
+        check_file_entry(&what, "external_data file", &data.file, &data.sha256, base)?;
     }
     if let Some(golden) = &entry.golden {
-        check_set_path(&what, "golden", golden)?;
+        check_set_path(&what, "golden", golden, base)?;
         let names = entry.inputs.iter().chain(&entry.outputs).map(|s| &s.name);
         for name in names {
             if name.is_empty() || name.contains(['/', '\\', '\0']) {
@@ -578,10 +606,14 @@ fn check_graph_entry(role: Role, entry: &GraphEntry) -> std::result::Result<(), 
     Ok(())
 }
 
-fn check_tokenizer_entry(name: &str, files: &TokenizerFiles) -> std::result::Result<(), String> {
+fn check_tokenizer_entry(
+    name: &str,
+    files: &TokenizerFiles,
+    base: Option<&str>,
+) -> std::result::Result<(), String> {
     let what = format!("tokenizers.{name}");
     for (key, file, sha) in files.files() {
-        check_file_entry(&what, key, file, sha)?;
+        check_file_entry(&what, key, file, sha, base)?;
     }
     Ok(())
 }
@@ -591,8 +623,9 @@ fn check_file_entry(
     key: &str,
     file: &str,
     sha256: &str,
+    base: Option<&str>,
 ) -> std::result::Result<(), String> {
-    check_set_path(what, key, file)?;
+    check_set_path(what, key, file, base)?;
     if !is_sha256(sha256) {
         return Err(format!(
             "{what}: the sha256 of {file} is {sha256:?}, not 64 hex digits"
@@ -601,9 +634,54 @@ fn check_file_entry(
     Ok(())
 }
 
-/// A manifest path must be relative and stay inside the set: no root, no drive, no `..`.
-fn check_set_path(what: &str, key: &str, file: &str) -> std::result::Result<(), String> {
-    let path = Path::new(file);
+/// Precisions a set or a graph entry may declare.
+pub const PRECISIONS: [&str; 3] = ["fp32", "fp16", "int8"];
+
+fn check_precision(what: &str, precision: &str) -> std::result::Result<(), String> {
+    if PRECISIONS.contains(&precision) {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} is {precision:?}; must be one of {}",
+        PRECISIONS.join(", ")
+    ))
+}
+
+/// `base` must name a folder beside the set: one plain path component, an existing directory.
+fn check_base(dir: &Path, base: &str) -> std::result::Result<(), String> {
+    let mut components = Path::new(base).components();
+    let single = matches!(
+        (components.next(), components.next()),
+        (Some(Component::Normal(_)), None)
+    );
+    if !single || base.contains(['/', '\\']) {
+        return Err(format!(
+            "base {base:?} must be the name of a folder beside the set (no path separators, \
+             no `..`)"
+        ));
+    }
+    let folder = dir.join("..").join(base);
+    if !folder.is_dir() {
+        return Err(format!(
+            "base {base:?}: folder {} does not exist",
+            folder.display()
+        ));
+    }
+    Ok(())
+}
+
+/// A manifest path must be relative and stay inside the set: no root, no drive, no `..`; with a
+/// `base`, it may instead start with `../<base>/` and stay inside that folder.
+fn check_set_path(
+    what: &str,
+    key: &str,
+    file: &str,
+    base: Option<&str>,
+) -> std::result::Result<(), String> {
+    let full = Path::new(file);
+    let path = base
+        .and_then(|b| full.strip_prefix(Path::new("..").join(b)).ok())
+        .unwrap_or(full);
     let problem = if file.is_empty() {
         "is empty"
     } else if path
@@ -612,7 +690,10 @@ fn check_set_path(what: &str, key: &str, file: &str) -> std::result::Result<(), 
     {
         "is absolute; manifest paths are relative to the set directory"
     } else if path.components().any(|c| c == Component::ParentDir) {
-        "leaves the set directory (`..`)"
+        match base {
+            Some(_) => "leaves the set directory (`..`) other than into `../<base>/`",
+            None => "leaves the set directory (`..`)",
+        }
     } else if !path.components().any(|c| matches!(c, Component::Normal(_))) {
         "names no file in the set"
     } else {

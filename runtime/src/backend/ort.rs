@@ -34,8 +34,16 @@
 //! - `device_id` from [`OrtOptions::device_id`].
 //! - `enable_cuda_graph` only with [`OrtOptions::cuda_graph`]; see below.
 //!
+//! An INT8 (QDQ) graph runs on the CUDA provider as DequantizeLinear plus float operators: the
+//! provider has no INT8 convolution or matmul kernels for QDQ graphs. The first such graph a
+//! backend loads prints a note saying so on stderr ([`int8_provider_notice`]), so that nobody
+//! takes its timings for an INT8 speed-up. The CPU provider fuses Q/DQ pairs into integer
+//! kernels (QLinearConv, QLinearMatMul, ...).
+//!
 //! TensorRT provider options: FP16 on (TensorRT picks FP16 kernels per layer; the graph itself can
-//! be FP32 or FP16), engine cache and timing cache on, in
+//! be FP32 or FP16), INT8 on for a graph whose manifest entry says `int8` (its Q/DQ nodes are
+//! TensorRT's explicit quantization; no calibration table, which TensorRT refuses for such
+//! graphs; see [`trt_precision_options`]), engine cache and timing cache on, in
 //! `<cache dir>/<sha256 of the graph, 16 hex>-<GPU model>/` so that a graph with other weights or
 //! another GPU never picks up a stale engine (ONNX Runtime's own cache names do not cover the
 //! weights). Optimisation profiles cover every dynamic axis the graph declares, with the ranges of
@@ -72,7 +80,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use ::ort::environment::Environment;
-use ::ort::ep::{self, ArenaExtendStrategy};
+use ::ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ArenaExtendStrategy};
 use ::ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ::ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ::ort::session::Session;
@@ -90,7 +98,10 @@ pub use graph::OrtDeviceValue;
 use graph::{declared_io, upload, Counters, OrtGraph};
 use library::{environment, GPU_BUILD_HINT};
 pub use library::{find_library, library_candidates, ORT_LIB_FILE, ORT_VERSION};
-pub use tensorrt::{default_trt_cache_root, trt_cache_dir, trt_profile_shapes, ProfileShapes};
+pub use tensorrt::{
+    default_trt_cache_root, int8_provider_notice, trt_cache_dir, trt_precision_options,
+    trt_profile_shapes, ProfileShapes,
+};
 use tensorrt::{gpu_model, graph_digest, manifest_entry};
 
 /// Execution provider choice.
@@ -239,6 +250,8 @@ pub struct OrtBackend {
     resolved: OnceLock<Ep>,
     /// Bytes copied by this backend and all its graphs.
     counters: Arc<Counters>,
+    /// Whether the INT8-on-CUDA notice was printed (once per backend).
+    int8_notice_given: std::sync::atomic::AtomicBool,
 }
 
 impl OrtBackend {
@@ -275,6 +288,7 @@ impl OrtBackend {
             env,
             resolved,
             counters: Arc::default(),
+            int8_notice_given: Default::default(),
         })
     }
 
@@ -380,9 +394,12 @@ impl OrtBackend {
         let dir = trt_cache_dir(&root, &graph_digest(path)?, &gpu);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let dir_str = dir.to_string_lossy().into_owned();
-        let mut trt = ep::TensorRT::default()
-            .with_device_id(self.options.device_id)
-            .with_fp16(self.options.trt_fp16)
+        let precision = manifest_entry(path).map_or_else(|| "fp32".to_string(), |e| e.precision);
+        let mut trt = ep::TensorRT::default().with_device_id(self.options.device_id);
+        for (key, value) in trt_precision_options(&precision, self.options.trt_fp16) {
+            trt = trt.with_arbitrary_config(key, value);
+        }
+        let mut trt = trt
             .with_engine_cache(true)
             .with_engine_cache_path(&dir_str)
             .with_timing_cache(true)
@@ -467,6 +484,11 @@ impl OrtBackend {
             ));
         }
         let (session, ep) = self.choose_session(role, path)?;
+        if let Some(notice) = manifest_entry(path).and_then(|e| int8_provider_notice(&e.precision, ep)) {
+            if !self.int8_notice_given.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                eprintln!("note: {notice}");
+            }
+        }
         let io = declared_io(role, &session)?;
         let device_memory = self.device_memory(ep)?;
         let host_memory = MemoryInfo::new(

@@ -48,6 +48,33 @@ pub fn trt_profile_shapes(
     Ok(Some(ProfileShapes { min, opt, max }))
 }
 
+/// TensorRT's precision options for a graph of `precision` (its manifest entry's), as ONNX
+/// Runtime's provider option names: `trt_fp16_enable` as asked (`fp16`), and for an INT8 (QDQ)
+/// graph `trt_int8_enable` with no `trt_int8_calibration_table_name`: the graph's Q/DQ scales
+/// are TensorRT's explicit quantization, and TensorRT refuses a calibration table for a graph
+/// holding Q/DQ nodes. FP16 stays on beside INT8 so that the layers the graph keeps in float
+/// (time embeddings, normalisations, attention products) run in FP16, as NVIDIA's SDXL INT8
+/// engines do.
+pub fn trt_precision_options(precision: &str, fp16: bool) -> Vec<(&'static str, String)> {
+    let flag = |on: bool| if on { "1" } else { "0" }.to_string();
+    let int8 = precision == "int8";
+    vec![
+        ("trt_fp16_enable", flag(fp16 || int8)),
+        ("trt_int8_enable", flag(int8)),
+    ]
+}
+
+/// The notice an INT8 graph gets on a provider that has no INT8 kernels for it (the CUDA
+/// provider runs QDQ graphs as DequantizeLinear plus float operators), or None.
+pub fn int8_provider_notice(precision: &str, ep: super::Ep) -> Option<String> {
+    (precision == "int8" && ep == super::Ep::Cuda).then(|| {
+        "INT8 graphs on ONNX Runtime's CUDA provider run as DequantizeLinear plus float \
+         operators (no INT8 convolution or matmul kernels for QDQ graphs): expect no speed-up \
+         over FP16; INT8 on a GPU needs --ep tensorrt"
+            .to_string()
+    })
+}
+
 /// `$IDPATCH_HOME/cache/tensorrt`, else `$XDG_CACHE_HOME/idpatch/tensorrt`, else
 /// `~/.cache/idpatch/tensorrt`, else `target/tensorrt-cache`.
 pub fn default_trt_cache_root() -> PathBuf {
@@ -210,6 +237,43 @@ mod tests {
             trt_profile_shapes(&odd, &ShapeRanges::default()),
             Err("frames".to_string())
         );
+    }
+
+    // ONNX Runtime 1.31.1's TensorRT provider option names (OrtTensorRTProviderOptionsV2 keys).
+    #[test]
+    fn int8_graphs_enable_int8_and_fp16_without_a_calibration_table() {
+        let on = |list: &[(&str, String)], key: &str| {
+            list.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let int8 = trt_precision_options("int8", false);
+        assert_eq!(on(&int8, "trt_int8_enable").as_deref(), Some("1"));
+        assert_eq!(on(&int8, "trt_fp16_enable").as_deref(), Some("1"));
+        assert!(int8.iter().all(|(k, _)| !k.contains("calibration")));
+        for precision in ["fp32", "fp16"] {
+            let list = trt_precision_options(precision, true);
+            assert_eq!(on(&list, "trt_int8_enable").as_deref(), Some("0"));
+            assert_eq!(on(&list, "trt_fp16_enable").as_deref(), Some("1"));
+        }
+        let fp32_only = trt_precision_options("fp32", false);
+        assert_eq!(on(&fp32_only, "trt_fp16_enable").as_deref(), Some("0"));
+    }
+
+    #[test]
+    fn only_int8_graphs_on_cuda_get_the_notice() {
+        use super::super::Ep;
+        let notice = int8_provider_notice("int8", Ep::Cuda).unwrap();
+        assert!(notice.contains("DequantizeLinear plus float"), "{notice}");
+        assert!(notice.contains("--ep tensorrt"), "{notice}");
+        for (precision, ep) in [
+            ("int8", Ep::Cpu),
+            ("int8", Ep::TensorRt),
+            ("fp16", Ep::Cuda),
+            ("fp32", Ep::Cuda),
+        ] {
+            assert_eq!(int8_provider_notice(precision, ep), None);
+        }
     }
 
     #[test]
