@@ -22,7 +22,6 @@ import inspect
 import json
 import pathlib
 import re
-import shutil
 from types import SimpleNamespace
 
 import torch
@@ -258,25 +257,17 @@ class Pretrained:
         return model
 
     def tokenizers(self, out: pathlib.Path) -> dict:
-        """Copies the SDXL folder's tokenizer and tokenizer_2 vocab.json / merges.txt into `out` and
-        returns the manifest's tokenizer entries (pad ids as transformers' CLIPTokenizer reads them)."""
-        from transformers import CLIPTokenizer
+        """Writes the SDXL folder's tokenizer and tokenizer_2 as tokenizer.json files under `out` (read
+        through transformers' CLIPTokenizer, so the pad token is the folder's) and returns
+        {name: path relative to `out`}."""
+        from clip_vocab import SDXL_TOKENIZERS, write_sdxl_tokenizers
 
-        entries = {}
-        for name in ("tokenizer", "tokenizer_2"):
+        for name in SDXL_TOKENIZERS:
             source = self.sdxl / name
-            missing = [file for file in ("vocab.json", "merges.txt") if not (source / file).is_file()]
-            if missing:
-                raise CheckpointError(f"{name}: {source} has no {' or '.join(missing)} (the runtime reads CLIP's BPE files)")
-            try:
-                pad_token_id = CLIPTokenizer.from_pretrained(source).pad_token_id
-            except (OSError, ValueError) as error:
-                raise CheckpointError(f"{name}: {source}: {_first_line(error)}") from error
-            if pad_token_id is None:
-                raise CheckpointError(f"{name}: {source} defines no pad token")
-            (out / name).mkdir(parents=True, exist_ok=True)
-            for file in ("vocab.json", "merges.txt"):
-                shutil.copyfile(source / file, out / name / file)
-            entries[name] = {"vocab": f"{name}/vocab.json", "merges": f"{name}/merges.txt",
-                             "pad_token_id": int(pad_token_id)}
-        return entries
+            if not (source / "tokenizer.json").is_file() and not all(
+                    (source / file).is_file() for file in ("vocab.json", "merges.txt")):
+                raise CheckpointError(f"{name}: {source} has neither tokenizer.json nor vocab.json and merges.txt")
+        try:
+            return write_sdxl_tokenizers(out, self.sdxl)
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"tokenizers of {self.sdxl}: {_first_line(error)}") from error

@@ -1,4 +1,5 @@
-"""CLIP BPE vocabulary files (vocab.json + merges.txt) in the layout of Hugging Face's CLIP tokenizer.
+"""CLIP BPE vocabulary files (vocab.json + merges.txt) in the layout of Hugging Face's CLIP tokenizer,
+and the SDXL tokenizers' tokenizer.json files a graph set carries.
 
 No model hub is reachable, so the files are rebuilt from the BPE merge list that ships inside the
 open_clip_torch wheel (open_clip/bpe_simple_vocab_16e6.txt.gz), the same list OpenAI's CLIP and
@@ -10,7 +11,16 @@ both SDXL text encoders were trained with. The id order is CLIP's own:
     49406        <|startoftext|>
     49407        <|endoftext|>
 
-Usage: python exporter-specs/clip_vocab.py OUT_DIR
+A graph set holds one tokenizer.json per SDXL tokenizer (tokenizer/ and tokenizer_2/, as in a diffusers
+folder): the `tokenizers` pipeline transformers' CLIPTokenizer builds, with the padding and truncation
+diffusers asks for at call time (padding="max_length", max_length=77, truncation=True) stored in it, so
+that the runtime, running the same library on the file, gives transformers' ids. The tokenizers come
+from an SDXL folder's tokenizer/ and tokenizer_2/ when one is given (transformers reads their
+tokenizer.json, or converts their vocab.json/merges.txt when there is none, and takes the padding token
+from their tokenizer_config.json: "!" for tokenizer_2), else from the vocabulary rebuilt here with
+SDXL's padding tokens (<|endoftext|> for tokenizer, "!" for tokenizer_2).
+
+Usage: python exporter-specs/clip_vocab.py OUT_DIR   (vocab.json and merges.txt only)
 """
 
 from __future__ import annotations
@@ -90,6 +100,57 @@ def write_vocab(out_dir: pathlib.Path) -> None:
     (out_dir / "merges.txt").write_text(
         "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
     )
+
+
+SDXL_TOKENIZERS = ("tokenizer", "tokenizer_2")
+# Token ids per prompt in SDXL (the text encoders' max_position_embeddings).
+MAX_LENGTH = 77
+# The padding tokens of SDXL's two tokenizers (stable-diffusion-xl-base-1.0 tokenizer_config.json).
+SDXL_PAD_TOKENS = {"tokenizer": EOS, "tokenizer_2": "!"}
+# Prompts the written files are checked on against the CLIPTokenizer they came from.
+CHECK_PROMPTS = ["a photo of a cat", "hello! world!!", "it's a dog's life", " ".join(["cat"] * 80), ""]
+
+
+def sdxl_tokenizers(sdxl: pathlib.Path | None = None) -> dict:
+    """SDXL's two CLIPTokenizers: from `sdxl`'s tokenizer/ and tokenizer_2/, else from the rebuilt vocabulary."""
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    if sdxl is not None:
+        return {name: CLIPTokenizer.from_pretrained(sdxl, subfolder=name) for name in SDXL_TOKENIZERS}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_vocab(pathlib.Path(tmp))
+        return {name: CLIPTokenizer.from_pretrained(tmp, pad_token=SDXL_PAD_TOKENS[name]) for name in SDXL_TOKENIZERS}
+
+
+def write_tokenizer_json(tokenizer, path: pathlib.Path) -> None:
+    """Write `tokenizer`'s `tokenizers` pipeline with diffusers' padding and truncation as one tokenizer.json."""
+    if tokenizer.model_max_length != MAX_LENGTH and tokenizer.model_max_length < 10**9:
+        raise ValueError(f"{path}: model_max_length is {tokenizer.model_max_length}, SDXL's is {MAX_LENGTH}")
+    backend = tokenizer.backend_tokenizer
+    backend.enable_padding(direction="right", pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token, length=MAX_LENGTH)
+    backend.enable_truncation(MAX_LENGTH, stride=0, strategy="longest_first", direction="right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backend.save(str(path), pretty=False)
+    # The file alone must give what the CLIPTokenizer gives when diffusers calls it.
+    from tokenizers import Tokenizer
+
+    written = Tokenizer.from_file(str(path))
+    for prompt in CHECK_PROMPTS:
+        expected = tokenizer(prompt, padding="max_length", max_length=MAX_LENGTH, truncation=True).input_ids
+        if written.encode(prompt).ids != expected:
+            raise ValueError(f"{path}: {prompt!r} encodes differently from the CLIPTokenizer it was written from")
+
+
+def write_sdxl_tokenizers(out_dir: pathlib.Path, sdxl: pathlib.Path | None = None) -> dict:
+    """Write <out_dir>/tokenizer/tokenizer.json and tokenizer_2/tokenizer.json; return {name: relative path}."""
+    files = {}
+    for name, tokenizer in sdxl_tokenizers(sdxl).items():
+        relative = f"{name}/tokenizer.json"
+        write_tokenizer_json(tokenizer, pathlib.Path(out_dir) / relative)
+        files[name] = relative
+    return files
 
 
 def main(argv: list[str]) -> int:

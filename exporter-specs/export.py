@@ -32,14 +32,21 @@ from checkpoints import (  # noqa: E402
 )
 from fusable_attention import FusableAttnProcessor  # noqa: E402
 from idpatch_models import ArcFaceIrSe, Resampler, resampler_state_from_diffusers  # noqa: E402
+from mtcnn_models import DETECTOR_GRAPHS, FACENET_REQUIREMENT, build_detector, read_weight_files  # noqa: E402
 from weights import detach_weights, sha256_of, weight_bytes  # noqa: E402
 from onnx_passes import (  # noqa: E402
     EXTERNAL_DATA_THRESHOLD, convert_fp16, fuse_for_cuda, fused_op_counts, optimize_for_cuda, save_model, to_fp16,
 )
 from specs import controlnet_mismatches, dynamic_axes_of, residual_layout, resolve_specs, strided_axis  # noqa: E402, F401
 
-GRAPH_ORDER = ["text_encoder", "text_encoder_2", "unet", "controlnet", "vae_decoder", "arcface", "patch_proj", "prompt_proj"]
+GRAPH_ORDER = ["text_encoder", "text_encoder_2", "unet", "controlnet", "vae_decoder", "arcface", "patch_proj", "prompt_proj",
+               *DETECTOR_GRAPHS]
+# Graphs that keep float32 in an FP16 set: the SDXL VAE overflows in FP16, and the face detector is
+# small and thresholds its scores.
+FP32_GRAPHS = {"vae_decoder", *DETECTOR_GRAPHS}
 OPSET = 17
+# Format 3: one tokenizer.json per tokenizer ({"file", "sha256"}); format 2 listed vocab.json/merges.txt.
+MANIFEST_FORMAT = 3
 
 SDXL_SCHEDULER = {
     "_class_name": "EulerDiscreteScheduler",
@@ -248,6 +255,10 @@ def build_graph_modules(args, params: dict, wanted: list[str], source: Pretraine
         else:
             resampler = Resampler(**params[name])
         modules[name] = PatchProjGraph(resampler, cfg["patch_size"]) if name == "patch_proj" else resampler
+    if any(name in DETECTOR_GRAPHS for name in wanted):
+        # Released weights in every set, random or not: built after everything else and without
+        # touching the global RNG, so the random graphs stay what they were.
+        modules.update(build_detector(read_weight_files(args.facenet_weights)))
 
     for name, module in modules.items():
         module.eval()
@@ -262,7 +273,7 @@ def build_graph_modules(args, params: dict, wanted: list[str], source: Pretraine
     if args.random and args.size != "full":
         generator = torch.Generator().manual_seed(args.seed + 1)
         for name in GRAPH_ORDER:
-            if name in modules:
+            if name in modules and name not in DETECTOR_GRAPHS:
                 perturb_trivial_parameters(modules[name], generator)
     return {name: modules[name] for name in wanted}
 
@@ -323,7 +334,7 @@ def golden_inputs(name: str, spec: dict, cfg: dict, seed: int, dims: dict) -> di
             out[tname] = np.array([0.8], dtype=np.float32)
         elif tname == "controlnet_cond":
             out[tname] = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
-        elif tname == "face":
+        elif tname in ("face", "image"):
             out[tname] = rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
         elif tname == "id_embeds":
             x = rng.standard_normal(shape)
@@ -484,31 +495,22 @@ def check_with_onnxruntime(path: pathlib.Path, inputs: dict[str, np.ndarray], ex
     return worst_abs, worst_rel
 
 
-def write_tokenizers(out: pathlib.Path) -> dict:
-    from clip_vocab import write_vocab
+def write_tokenizers(out: pathlib.Path, sdxl: str | None) -> dict:
+    """Both SDXL tokenizers as tokenizer.json files under `out`: from the SDXL folder's tokenizer/ and
+    tokenizer_2/ when one is given, else from the rebuilt CLIP vocabulary (see clip_vocab.py)."""
+    from clip_vocab import write_sdxl_tokenizers
 
-    folder = out / "tokenizer"
-    folder.mkdir(parents=True, exist_ok=True)
-    write_vocab(folder)
-    return {
-        "tokenizer": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "pad_token_id": 49407},
-        "tokenizer_2": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "pad_token_id": 0},
-    }
+    return write_sdxl_tokenizers(out, pathlib.Path(sdxl) if sdxl else None)
 
 
 def tokenizer_entries(out: pathlib.Path, tokenizers: dict) -> dict:
-    """The manifest's tokenizers section: each file with the sha256 of what is in `out`."""
+    """The manifest's tokenizers section: each tokenizer.json with the sha256 of what is in `out`."""
     entries = {}
-    for name, files in tokenizers.items():
-        entry = {}
-        for key in ("vocab", "merges"):
-            path = out / files[key]
-            if not path.is_file():
-                raise RuntimeError(f"tokenizers.{name}: {path} is missing")
-            entry[key] = files[key]
-            entry[f"{key}_sha256"] = sha256_of(path)
-        entry["pad_token_id"] = files["pad_token_id"]
-        entries[name] = entry
+    for name, file in tokenizers.items():
+        path = out / file
+        if not path.is_file():
+            raise RuntimeError(f"tokenizers.{name}: {path} is missing")
+        entries[name] = {"file": file, "sha256": sha256_of(path)}
     return entries
 
 
@@ -526,6 +528,9 @@ def parse_args(argv=None):
     parser.add_argument("--controlnet", help="ID-Patch ControlNetModel folder")
     parser.add_argument("--id-patch", help="id-patch.bin holding patch_proj and prompt_proj")
     parser.add_argument("--arcface", help="IR-SE50 checkpoint (facexlib recognition_arcface_ir_se50.pth)")
+    parser.add_argument("--facenet-weights", type=pathlib.Path,
+                        help=f"MTCNN weights for the face_detector graphs: the {FACENET_REQUIREMENT} wheel, or a folder "
+                             "with its pnet.pt, rnet.pt and onet.pt (default: pip download the wheel from PyPI)")
     parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     parser.add_argument("--graphs", default=",".join(GRAPH_ORDER), help="comma-separated subset")
     parser.add_argument("--out", required=True, type=pathlib.Path)
@@ -623,8 +628,7 @@ def export_set(args, argv) -> int:
         path = out / f"{name}.onnx"
         data = path.with_name(path.name + ".data")
         fuse = args.optimize == "cuda" and name in ("unet", "controlnet")
-        # The SDXL VAE overflows in FP16; it stays FP32 in an FP16 set.
-        graph_precision = "fp32" if name == "vae_decoder" else args.precision
+        graph_precision = "fp32" if name in FP32_GRAPHS else args.precision
         expected = None
         if args.weightless:
             fused, data_bytes = export_weightless(name, modules, spec, inputs, path, fuse, graph_precision)
@@ -680,12 +684,13 @@ def export_set(args, argv) -> int:
         entries[name] = entry
 
     try:
-        tokenizers = source.tokenizers(out) if from_folder else write_tokenizers(out)
+        tokenizers = source.tokenizers(out) if from_folder else write_tokenizers(out, None)
     except ImportError as error:
-        if not manifest.get("tokenizers"):
+        listed = manifest.get("tokenizers") or {}
+        if manifest.get("format") != MANIFEST_FORMAT or not listed:
             raise RuntimeError(f"tokenizer files cannot be written ({error}) and {manifest_path} lists none") from error
         print(f"warning: tokenizer files not written ({error}); keeping those {manifest_path} lists", flush=True)
-        tokenizers = manifest["tokenizers"]
+        tokenizers = {name: entry["file"] for name, entry in listed.items()}
     tokenizers = tokenizer_entries(out, tokenizers)
     scheduler = source.scheduler() if from_folder else manifest.get("scheduler") or dict(SDXL_SCHEDULER)
     import diffusers
@@ -693,8 +698,7 @@ def export_set(args, argv) -> int:
     import transformers
 
     manifest = {
-        # Format 2: tokenizer files carry sha256 entries (vocab_sha256, merges_sha256).
-        "format": 2,
+        "format": MANIFEST_FORMAT,
         "name": args.name or out.name,
         "size": args.size,
         "precision": args.precision,
@@ -706,6 +710,7 @@ def export_set(args, argv) -> int:
             "transformers": transformers.__version__,
             "onnx": onnx.__version__,
             "exporter": "exporter-specs/export.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+            "face_detector": f"MTCNN weights of {FACENET_REQUIREMENT} (PyPI, MIT licence)",
         },
         "config": cfg,
         "tokenizers": tokenizers,
@@ -713,7 +718,8 @@ def export_set(args, argv) -> int:
         "graphs": {name: entries[name] for name in GRAPH_ORDER if name in entries},
     }
     if args.precision == "fp16":
-        manifest["notes"] = ["vae_decoder stays fp32: the SDXL VAE overflows in fp16"]
+        manifest["notes"] = ["vae_decoder stays fp32: the SDXL VAE overflows in fp16",
+                             "the face_detector graphs stay fp32"]
     if args.weightless:
         manifest["weightless"] = True
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::tiny_dir;
 
@@ -15,6 +15,13 @@ use common::tiny_dir;
 fn commands(out: &Path) -> Vec<(&'static str, Vec<String>)> {
     let layout = tiny_dir().join("examples/layout.json");
     let layout = layout.to_str().unwrap().to_string();
+    let examples = tiny_dir().join("examples");
+    let photo = examples.join("photo_lfw.png").to_str().unwrap().to_string();
+    let face = examples
+        .join("face_chelsea.png")
+        .to_str()
+        .unwrap()
+        .to_string();
     let out = out.to_str().unwrap().to_string();
     let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     vec![
@@ -27,6 +34,12 @@ fn commands(out: &Path) -> Vec<(&'static str, Vec<String>)> {
         ("validate", s(&["--graphs", "patch_proj"])),
         ("bench", s(&["--graphs", "patch_proj", "--runs", "1"])),
         ("condition", s(&["--layout", &layout, "--out", &out])),
+        ("faces", s(&[&photo])),
+        (
+            "layout",
+            s(&["--reference", &photo, "--faces", &face, "--out", &out]),
+        ),
+        ("eval", s(&["--layout", &layout, "--image", &photo])),
     ]
 }
 
@@ -239,10 +252,10 @@ fn bench_compare_gives_each_flag_to_a_configuration_that_honours_it() {
 
 /// libonnxruntime 1.31.1: ORT_DYLIB_PATH, else where scripts/fetch-onnxruntime.sh puts it.
 #[cfg(feature = "ort")]
-fn ort_lib() -> PathBuf {
+fn ort_lib() -> std::path::PathBuf {
     let path = std::env::var_os("ORT_DYLIB_PATH")
         .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
+        .map(std::path::PathBuf::from)
         .unwrap_or_else(|| common::root().join("target/onnxruntime/libonnxruntime.so.1.31.1"));
     assert!(
         path.is_file(),

@@ -176,6 +176,32 @@ fn output_paths_are_checked_before_any_work() {
         "--raw: cannot write /proc/cond.npy",
         d,
     );
+
+    // So does `layout`, whose inputs are the reference photo and the face photos.
+    let reference = d.join("reference.png");
+    std::fs::copy(tiny_dir().join("examples/photo_lfw.png"), &reference).unwrap();
+    let layout_cmd = |out: &Path| {
+        strings(&[
+            "layout",
+            "--reference",
+            s(&reference),
+            "--faces",
+            s(&face_copy),
+            "--out",
+            s(out),
+        ])
+    };
+    assert_refused(&layout_cmd(&sub), "--out: ", d);
+    assert_refused(
+        &layout_cmd(&reference),
+        "is the same file as the input --reference",
+        d,
+    );
+    assert_refused(
+        &layout_cmd(&face_copy),
+        "is the same file as the input --faces",
+        d,
+    );
 }
 
 #[test]
@@ -372,11 +398,24 @@ fn face_photos_go_through_the_checked_decoder() {
     ];
     for (i, (face, message)) in cases.iter().enumerate() {
         let path = layout(d, &format!("layout{i}.json"), face, "");
-        let message = format!("layout people[0].face: {}: {message}", s(face));
+        let photo_message = format!("{}: {message}", s(face));
+        let message = format!("layout people[0].face: {photo_message}");
         assert_refused(&generate(&path, &["--out", s(&out)]), &message, d);
         // `condition` decodes the faces through the same path.
         let args = strings(&["condition", "--layout", s(&path), "--out", s(&out)]);
         assert_refused(&args, message.as_str(), d);
+        // So do the photos that `faces` and `layout --reference` detect faces in.
+        assert_refused(&strings(&["faces", s(face)]), &photo_message, d);
+        let reference = strings(&[
+            "layout",
+            "--reference",
+            s(face),
+            "--faces",
+            s(&faces().join("face_coffee.png")),
+            "--out",
+            s(&d.join("layout.json")),
+        ]);
+        assert_refused(&reference, &photo_message, d);
     }
 }
 
@@ -401,12 +440,22 @@ fn npy_headers_are_checked_before_the_data_is_read() {
         path
     };
     let overflow = npy("overflow.npy", "(1, 4, 100000000000, 100000000000)", 0);
-    let lying = npy("lying.npy", "(1, 4, 8192, 8192)", 64);
+    // The size this layout needs (1 x 4 x 8 x 8 float32), declared but not held.
+    let lying = npy("lying.npy", "(1, 4, 8, 8)", 64);
     let short = npy("short.npy", "(1, 4, 8, 8)", 1000);
     let cases = [
-        (&overflow, "shape [1, 4, 100000000000, 100000000000] is too large"),
-        (&lying, "data truncated: the header's shape [1, 4, 8192, 8192] needs 1073741824 bytes, the file holds 64"),
-        (&short, "data truncated: the header's shape [1, 4, 8, 8] needs 1024 bytes, the file holds 1000"),
+        (
+            &overflow,
+            "shape [1, 4, 100000000000, 100000000000] is too large",
+        ),
+        (
+            &lying,
+            "data truncated: the header's shape [1, 4, 8, 8] needs 1024 bytes, the file holds 64",
+        ),
+        (
+            &short,
+            "data truncated: the header's shape [1, 4, 8, 8] needs 1024 bytes, the file holds 1000",
+        ),
     ];
     for (path, message) in cases {
         let args = generate(&good, &["--init-noise", s(path), "--out", s(&out)]);
@@ -446,8 +495,11 @@ fn a_closed_stdout_is_a_quiet_success() {
         vec!["tokenize", "--models", m, "two friends"],
         vec!["tokenize", "--models", m, "--json", &long_prompt],
     ];
-    // These two run a graph on the default backend, tract.
+    let photo = models.join("examples/photo_lfw.png");
+    // These run graphs on the default backend, tract.
     let graph_commands = [
+        vec!["faces", "--models", m, s(&photo)],
+        vec!["faces", "--models", m, "--json", s(&photo)],
         vec![
             "validate",
             "--models",
@@ -512,4 +564,125 @@ fn a_closed_stderr_does_not_stop_generate() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     assert!(out.exists());
+}
+
+#[test]
+fn usage_errors_are_one_line_and_negative_numbers_reach_the_range_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let photo = common::test_data("mtcnn").join("lfw.png");
+    // Read as values, so the flag's own check answers (clap would take `-1` for a flag).
+    assert_refused(
+        &strings(&["faces", s(&photo), "--min-face-size", "-1"]),
+        "--min-face-size: -1 is not between 12",
+        d,
+    );
+    assert_refused(
+        &generate(
+            &good_layout(d),
+            &["--seed", "-1", "--out", s(&d.join("o.png"))],
+        ),
+        "error: invalid value '-1' for '--seed <SEED>'",
+        d,
+    );
+    // clap's own errors: the first line only (no usage block, no tips), status 2.
+    assert_refused(
+        &strings(&["faces", s(&photo), "--bogus"]),
+        "error: unexpected argument '--bogus' found",
+        d,
+    );
+    assert_refused(
+        &strings(&["faces"]),
+        "error: the following required arguments were not provided",
+        d,
+    );
+}
+
+#[test]
+fn bench_names_the_size_flag_given_with_a_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let layout = good_layout(d);
+    for flag in ["--people", "--width", "--height"] {
+        assert_refused(
+            &strings(&["bench", "--pipeline", "--layout", s(&layout), flag, "64"]),
+            &format!("{flag}: cannot be combined with --layout"),
+            d,
+        );
+    }
+}
+
+#[test]
+fn layout_checks_that_need_no_graph_come_before_face_detection() {
+    // A photo without face keypoints needs the detector; a layout side the set cannot take
+    // (8 is not a multiple of 32) is refused first, with nothing printed about detection.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let path = d.join("small.json");
+    let photo = common::test_data("mtcnn").join("lfw.png");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{{"width": 8, "height": 64, "people": [{{"face": "{}", "position": [4, 30]}}]}}"#,
+            s(&photo)
+        ),
+    )
+    .unwrap();
+    let out = d.join("o.png");
+    assert_refused(&generate(&path, &["--out", s(&out)]), "layout width: 8", d);
+}
+
+#[test]
+fn init_noise_larger_than_the_layout_needs_is_refused_unread() {
+    // The header declares 2 GiB of float32; the file is sparse, so writing it costs nothing,
+    // but reading it would. No layout needs more than 16 MiB of noise (4 x 1024 x 1024 float32
+    // latents for 8192 x 8192), so the header alone is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let noise = d.join("noise.npy");
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 4, 8192, 16384), }";
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    let padded = format!("{header:<117}\n");
+    bytes.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(padded.as_bytes());
+    std::fs::write(&noise, &bytes).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&noise)
+        .unwrap();
+    file.set_len(bytes.len() as u64 + (1u64 << 31)).unwrap();
+    let out = d.join("o.png");
+    assert_refused(
+        &generate(
+            &good_layout(d),
+            &["--init-noise", s(&noise), "--out", s(&out)],
+        ),
+        "holds 2147483648 bytes of data, more than the 16777216 bytes expected",
+        d,
+    );
+}
+
+#[test]
+fn control_characters_in_messages_are_escaped() {
+    // A face path holding ESC: the message shows it escaped, never sends it to the terminal.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let path = d.join("esc.json");
+    std::fs::write(
+        &path,
+        r#"{"width": 64, "height": 64, "people": [{"face": "a\u001b[31mred", "position": [1, 2]}]}"#,
+    )
+    .unwrap();
+    let out = d.join("o.png");
+    assert_refused(
+        &generate(&path, &["--out", s(&out)]),
+        r"a\u{1b}[31mred does not exist",
+        d,
+    );
+    let stderr = common::command()
+        .args(generate(&path, &["--out", s(&out)]))
+        .output()
+        .unwrap()
+        .stderr;
+    assert!(!stderr.contains(&0x1b), "raw ESC in {stderr:?}");
 }

@@ -148,7 +148,10 @@ fn json_has_every_stage_and_the_summary() {
     assert_eq!(lines.len(), 1, "{stdout}");
     let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
     assert_eq!(v["backend"], "tract");
-    assert_eq!(v["steps"], 2);
+    // Parameters under diffusers' names; the defaults are ID-Patch's.
+    assert_eq!(v["num_inference_steps"], 2);
+    assert_eq!(v["guidance_scale"], 5.5);
+    assert_eq!(v["controlnet_conditioning_scale"], 0.8);
     assert_eq!(v["runs"], 1);
     assert_eq!(v["people"], 3);
     assert_eq!(v["layout"], "synth");
@@ -203,7 +206,7 @@ fn a_given_layout_is_timed_with_its_people() {
 #[test]
 fn bad_combinations_exit_2_with_one_line() {
     let layout = tiny_dir().join("examples/layout.json");
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 12] = [
         (&["--pipeline", "--graphs", "unet"], "--graphs"),
         (&["--pipeline", "--sequence", "109"], "--sequence"),
         (
@@ -218,6 +221,21 @@ fn bad_combinations_exit_2_with_one_line() {
         ),
         (&["--steps", "2"], "--steps"),
         (&["--pipeline", "--steps", "0"], "--steps"),
+        // diffusers' spellings are named as typed.
+        (&["--num-inference-steps", "2"], "--num-inference-steps"),
+        (&["--guidance-scale", "2"], "--guidance-scale"),
+        (
+            &["--controlnet-conditioning-scale", "0.5"],
+            "--controlnet-conditioning-scale",
+        ),
+        (
+            &["--pipeline", "--num-inference-steps", "0"],
+            "--num-inference-steps",
+        ),
+        (
+            &["--pipeline", "--guidance-scale", "101"],
+            "--guidance-scale",
+        ),
         // Sides the set cannot generate name the flag, not the made-up layout's field.
         (&["--pipeline", "--height", "100"], "--height"),
         (&["--pipeline", "--width", "72"], "--width"),
@@ -229,4 +247,41 @@ fn bad_combinations_exit_2_with_one_line() {
         assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
+}
+
+// diffusers' parameter names reach the pipeline as the short ones do, and both spellings of
+// one setting together are a usage error.
+#[cfg(feature = "tract")]
+#[test]
+fn diffusers_names_set_the_same_parameters() {
+    let (code, stdout, stderr) = bench(&[
+        "--pipeline",
+        "--height",
+        "64",
+        "--width",
+        "64",
+        "--people",
+        "1",
+        "--num-inference-steps",
+        "1",
+        "--guidance-scale",
+        "1",
+        "--controlnet-conditioning-scale",
+        "0.5",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["num_inference_steps"], 1);
+    assert_eq!(v["guidance_scale"], 1.0);
+    assert_eq!(v["batch"], 1);
+    assert_eq!(v["controlnet_conditioning_scale"], 0.5);
+
+    let (code, _, stderr) = bench(&["--pipeline", "--steps", "2", "--num-inference-steps", "2"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
 }

@@ -6,7 +6,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use idpatch::condition::{self, ConditionOptions, RgbImage};
+use idpatch::condition::{self, ConditionOptions};
+use idpatch::image_io::Rgb8;
 use idpatch::layout::Layout;
 use idpatch::{npy, Tensor};
 
@@ -18,14 +19,11 @@ fn layout(case: &str) -> Layout {
     Layout::load(&data_dir().join(format!("{case}.json")), false).unwrap()
 }
 
-fn reference_skeleton(case: &str) -> RgbImage {
+fn reference_skeleton(case: &str) -> Rgb8 {
     let path = data_dir().join(format!("{case}_skeleton.png"));
     let img = image::open(&path).unwrap().into_rgb8();
-    RgbImage {
-        width: img.width() as usize,
-        height: img.height() as usize,
-        data: img.into_raw(),
-    }
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    Rgb8::new(width, height, img.into_raw()).unwrap()
 }
 
 fn read_f32(path: &Path) -> Tensor {
@@ -53,25 +51,25 @@ fn skeleton_matches_opencv() {
         let expected = reference_skeleton(case);
         let got = condition::skeleton(&layout(case));
         assert_eq!(
-            (got.width, got.height),
-            (expected.width, expected.height),
+            (got.width(), got.height()),
+            (expected.width(), expected.height()),
             "{case}"
         );
-        let pixels = got.width * got.height;
+        let pixels = got.width() * got.height();
         let same = got
-            .data
+            .data()
             .chunks_exact(3)
-            .zip(expected.data.chunks_exact(3))
+            .zip(expected.data().chunks_exact(3))
             .filter(|(a, b)| a == b)
             .count();
         let abs: u64 = got
-            .data
+            .data()
             .iter()
-            .zip(&expected.data)
+            .zip(expected.data())
             .map(|(&a, &b)| a.abs_diff(b) as u64)
             .sum();
         let lit = expected
-            .data
+            .data()
             .chunks_exact(3)
             .filter(|p| p.iter().any(|&v| v != 0))
             .count();
@@ -268,7 +266,7 @@ fn faces_resolve_against_the_layout_folder() {
     );
     assert!(layout.is_pose_free());
     // Pose-free: the skeleton is black.
-    assert!(condition::skeleton(&layout).data.iter().all(|&v| v == 0));
+    assert!(condition::skeleton(&layout).data().iter().all(|&v| v == 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -20,29 +20,11 @@ fn case_keypoints(case: &str) -> [[f64; 2]; 5] {
     std::array::from_fn(|i| std::array::from_fn(|j| kps[i][j].as_f64().unwrap()))
 }
 
-/// The data bytes of a version-1 .npy file (C order), after checking its dtype and shape: the
-/// library's reader only takes the dtypes graphs use, not float64 or uint8.
-fn npy_raw(name: &str, descr: &str, shape: &str) -> Vec<u8> {
-    let bytes = std::fs::read(data(name)).unwrap();
-    assert_eq!(bytes[6], 1, "{name}: npy version");
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    assert!(
-        header.contains(descr) && header.contains(shape),
-        "{name}: {header}"
-    );
-    assert!(
-        header.contains("'fortran_order': False"),
-        "{name}: {header}"
-    );
-    bytes[10 + header_len..].to_vec()
-}
-
+/// A float64 (2, 3) transform saved by numpy.
 fn npy_f64(name: &str) -> Vec<f64> {
-    let raw = npy_raw(name, "'<f8'", "(2, 3)");
-    raw.chunks_exact(8)
-        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-        .collect()
+    let array = idpatch::npy::read_array::<f64>(&data(name)).unwrap();
+    assert_eq!(array.shape(), [2, 3], "{name}");
+    array.iter().copied().collect()
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
@@ -215,9 +197,10 @@ fn non_image_file_is_rejected_naming_it() {
 #[test]
 fn jpeg_decodes_as_opencv() {
     let got = image_io::load_rgb8(&data("upright_jpeg.jpg")).unwrap();
-    let want = npy_raw("upright_jpeg.npy", "'|u1'", "(64, 64, 3)");
+    let want = idpatch::npy::read_array::<u8>(&data("upright_jpeg.npy")).unwrap();
+    assert_eq!(want.shape(), [64, 64, 3]);
     assert_eq!((got.width(), got.height()), (64, 64));
-    assert_eq!(got.data(), &want[..]);
+    assert_eq!(got.data(), want.as_slice().unwrap());
 }
 
 #[test]

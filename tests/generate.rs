@@ -499,9 +499,17 @@ fn bad_inputs_exit_2_with_one_line_and_no_output() {
             "not an image file",
         ),
         (
-            "big_face.json",
-            one(r#"{"face": "FACES/../face/upright.png", "position": [30, 30]}"#),
-            "face_keypoints",
+            // A photo (not an aligned crop) without keypoints goes through face detection.
+            "no_face.json",
+            one(r#"{"face": "FACES/../mtcnn/coffee.png", "position": [30, 30]}"#),
+            "layout people[0].face: no face found in",
+        ),
+        (
+            "face_index.json",
+            one(
+                r#"{"face": "FACES/../mtcnn/astronaut.png", "position": [30, 30], "face_index": 1}"#,
+            ),
+            "face_index 1, but",
         ),
         ("empty.json", one(""), "layout people: no people"),
         ("nine.json", one(&nine), "at most 8"),
@@ -643,9 +651,9 @@ fn bad_inputs_exit_2_with_one_line_and_no_output() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-/// Copies the tiny set (top-level files and the tokenizer folder) into `dest`.
+/// Copies the tiny set (top-level files and the two tokenizer folders) into `dest`.
 fn copy_tiny_set(dest: &Path) {
-    for sub in ["", "tokenizer"] {
+    for sub in ["", "tokenizer", "tokenizer_2"] {
         std::fs::create_dir_all(dest.join(sub)).unwrap();
         for entry in std::fs::read_dir(tiny_dir().join(sub)).unwrap() {
             let entry = entry.unwrap();

@@ -219,8 +219,8 @@ fn set_mtime(path: &Path, mtime: std::time::SystemTime) {
         .unwrap();
 }
 
-// 8 graph files and the 2 tokenizer files both tokenizers share.
-const TINY_FILES: usize = 10;
+// 11 graph files (8 of the pipeline, 3 of the face detector) and the 2 tokenizer.json files.
+const TINY_FILES: usize = 13;
 
 #[test]
 fn cached_files_are_not_reread_and_a_changed_file_is_caught() {
@@ -342,9 +342,11 @@ fn every_command_that_opens_a_set_verifies_it() {
     bytes[2000] ^= 1;
     std::fs::write(&unet, &bytes).unwrap();
     let layout = tiny_dir().join("examples/layout.json");
+    let photo = tiny_dir().join("examples/photo_lfw.png");
+    let face = tiny_dir().join("examples/face_chelsea.png");
     let os = |s: &str| std::ffi::OsString::from(s);
     let models = [os("--models"), set.path().into()];
-    let commands: [Vec<std::ffi::OsString>; 4] = [
+    let commands: [Vec<std::ffi::OsString>; 7] = [
         vec![
             os("generate"),
             os("--layout"),
@@ -352,7 +354,7 @@ fn every_command_that_opens_a_set_verifies_it() {
             os("--prompt"),
             os("x"),
         ],
-        vec![os("condition"), os("--layout"), layout.into()],
+        vec![os("condition"), os("--layout"), layout.clone().into()],
         vec![os("validate"), os("--graphs"), os("patch_proj")],
         vec![
             os("bench"),
@@ -361,10 +363,25 @@ fn every_command_that_opens_a_set_verifies_it() {
             os("--runs"),
             os("1"),
         ],
+        vec![os("faces"), photo.clone().into()],
+        vec![
+            os("layout"),
+            os("--reference"),
+            photo.clone().into(),
+            os("--faces"),
+            face.into(),
+        ],
+        vec![
+            os("eval"),
+            os("--layout"),
+            layout.clone().into(),
+            os("--image"),
+            photo.clone().into(),
+        ],
     ];
     for mut args in commands {
         args.extend(models.iter().cloned());
-        if matches!(args[0].to_str(), Some("generate" | "condition")) {
+        if matches!(args[0].to_str(), Some("generate" | "condition" | "layout")) {
             args.extend([os("--out"), out.clone().into()]);
         }
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
@@ -387,6 +404,19 @@ fn every_command_that_opens_a_set_verifies_it() {
         ],
     );
     assert_eq!(code, 0, "{stderr}");
+    // The face detector's graphs are intact too.
+    let (code, stdout, stderr) = run_in(
+        home.path(),
+        &[
+            "faces".as_ref(),
+            photo.as_os_str(),
+            "--skip-checksums".as_ref(),
+            "--models".as_ref(),
+            set.path().as_os_str(),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("face  score"), "{stdout}");
 
     // A tokenizer file changed: tokenize verifies the files it reads too.
     std::fs::write(
@@ -394,10 +424,10 @@ fn every_command_that_opens_a_set_verifies_it() {
         std::fs::read(tiny_dir().join("unet.onnx")).unwrap(),
     )
     .unwrap();
-    let merges = set.path().join("tokenizer/merges.txt");
-    let mut text = std::fs::read(&merges).unwrap();
+    let tokenizer = set.path().join("tokenizer/tokenizer.json");
+    let mut text = std::fs::read(&tokenizer).unwrap();
     text.push(b'\n');
-    std::fs::write(&merges, text).unwrap();
+    std::fs::write(&tokenizer, text).unwrap();
     for command in ["tokenize", "validate"] {
         let (code, _, stderr) = run_in(
             home.path(),
@@ -411,7 +441,7 @@ fn every_command_that_opens_a_set_verifies_it() {
         assert_one_line_error(
             code,
             &stderr,
-            "tokenizers.tokenizer: checksum mismatch for tokenizer/merges.txt",
+            "tokenizers.tokenizer: checksum mismatch for tokenizer/tokenizer.json",
         );
     }
 }
@@ -471,11 +501,11 @@ fn digest_matches_the_reference_and_covers_tokenizers_config_and_scheduler() {
     let base = digest(set.path());
     assert_eq!(base, tiny);
     let edits: [(&str, ManifestEdit); 5] = [
-        ("vocab sha256", |m| {
-            m["tokenizers"]["tokenizer_2"]["vocab_sha256"] = "ab".repeat(32).into()
+        ("tokenizer sha256", |m| {
+            m["tokenizers"]["tokenizer_2"]["sha256"] = "ab".repeat(32).into()
         }),
-        ("pad id", |m| {
-            m["tokenizers"]["tokenizer"]["pad_token_id"] = 0.into()
+        ("tokenizer file", |m| {
+            m["tokenizers"]["tokenizer"]["file"] = "tokenizer_2/tokenizer.json".into()
         }),
         ("scheduler", |m| m["scheduler"]["beta_end"] = 0.02.into()),
         ("config", |m| {
@@ -535,8 +565,8 @@ fn paths_leaving_the_set_are_refused() {
             "graph controlnet: external_data file \"a/../../x.data\" leaves the set directory",
         ),
         (
-            |m| m["tokenizers"]["tokenizer_2"]["merges"] = "/tmp/merges.txt".into(),
-            "tokenizers.tokenizer_2: merges \"/tmp/merges.txt\" is absolute",
+            |m| m["tokenizers"]["tokenizer_2"]["file"] = "/tmp/tokenizer.json".into(),
+            "tokenizers.tokenizer_2: file \"/tmp/tokenizer.json\" is absolute",
         ),
         (
             |m| m["graphs"]["arcface"]["golden"] = "../../golden".into(),
@@ -607,6 +637,52 @@ fn config_values_that_would_break_the_pipeline_are_set_errors() {
 }
 
 #[test]
+fn config_sizes_that_disagree_with_the_graphs_are_set_errors() {
+    use serde_json::json;
+    // Each value is valid on its own; the message gives the graph dim the manifest declares
+    // (the exporter writes config and shapes from one model configuration).
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        (
+            "pooled_dim",
+            json!(25),
+            "config.pooled_dim is 25; graph text_encoder_2 output text_embeds has 24 on axis 1",
+        ),
+        (
+            "id_embedding_dim",
+            json!(256),
+            "config.id_embedding_dim is 256; graph arcface output embedding has 512 on axis 1",
+        ),
+        (
+            "down_residuals",
+            json!(12),
+            "config.down_residuals is 12; graph controlnet has 9 output down_residual_* tensors",
+        ),
+        (
+            "latent_channels",
+            json!(16),
+            "config.latent_channels is 16; graph unet input sample has 4 on axis 1",
+        ),
+    ];
+    for (field, value, needle) in cases {
+        let dir = manifest_only(|m| m["config"][field] = value.clone());
+        let err = open_error(dir.path());
+        assert!(
+            err.contains(needle),
+            "{field}={value}: {needle:?} not in {err:?}"
+        );
+    }
+    // text_dim_1 and text_dim_2 must still add up to cross_attention_dim.
+    let dir = manifest_only(|m| {
+        m["config"]["text_dim_1"] = json!(40);
+        m["config"]["text_dim_2"] = json!(24);
+    });
+    let err = open_error(dir.path());
+    let needle =
+        "config.text_dim_1 is 40; graph text_encoder output hidden_states has 32 on axis 2";
+    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+}
+
+#[test]
 fn scheduler_values_that_would_break_the_schedule_are_set_errors() {
     use serde_json::json;
     let cases: Vec<(&str, serde_json::Value, &str)> = vec![
@@ -649,10 +725,13 @@ fn scheduler_values_that_would_break_the_schedule_are_set_errors() {
 
 #[test]
 fn an_older_format_is_refused_with_what_to_do() {
-    let dir = manifest_only(|m| m["format"] = 1.into());
-    let err = open_error(dir.path());
-    assert!(
-        err.contains("manifest.json has format 1, this build reads format 2 (export the set again"),
-        "{err}"
-    );
+    // Format 2 listed vocab.json and merges.txt; this build reads one tokenizer.json each.
+    for old in [1, 2] {
+        let dir = manifest_only(|m| m["format"] = old.into());
+        let err = open_error(dir.path());
+        let expected = format!(
+            "manifest.json has format {old}, this build reads format 3 (export the set again"
+        );
+        assert!(err.contains(&expected), "{err}");
+    }
 }

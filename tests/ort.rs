@@ -183,7 +183,7 @@ fn fp16_graph_takes_f32_inputs_and_reads_back_as_f32() {
     for residency in [Residency::Host, Residency::Device] {
         let backend = backend(lib.clone(), residency);
         let mut graph = backend
-            .load(Role::PatchProj, &data_dir.join("fp16_dense.onnx"))
+            .load(Role::PatchProj, &data_dir.join("fp16_dense.onnx"), None)
             .unwrap();
         assert_eq!(graph.io().inputs[0].dtype, idpatch::DType::Float16);
         let x = Value::Host(x.clone());

@@ -1,6 +1,7 @@
-//! CLIP tokenizer parity with transformers' CLIPTokenizer, both SDXL configurations.
+//! CLIP tokenizer parity with transformers' CLIPTokenizer, both SDXL configurations, through the
+//! tokenizer.json files of models/tiny (written by exporter-specs/export.py).
 //! Expected ids: tests/reference/tokenizer.py (transformers 5.23.0 CLIPTokenizer.from_pretrained
-//! on the models/tiny/tokenizer files, padding="max_length", max_length=77, truncation=True).
+//! on the rebuilt CLIP vocabulary, padding="max_length", max_length=77, truncation=True).
 
 mod common;
 
@@ -11,16 +12,13 @@ use idpatch::tokenizer::{ClipTokenizer, MAX_LENGTH};
 use idpatch::Error;
 use serde_json::Value;
 
-fn vocab_path() -> PathBuf {
-    tiny_dir().join("tokenizer/vocab.json")
+/// `tokenizer` or `tokenizer_2` of the tiny set.
+fn json_path(name: &str) -> PathBuf {
+    tiny_dir().join(name).join("tokenizer.json")
 }
 
-fn merges_path() -> PathBuf {
-    tiny_dir().join("tokenizer/merges.txt")
-}
-
-fn load(pad_token_id: i64) -> ClipTokenizer {
-    ClipTokenizer::from_files(&vocab_path(), &merges_path(), pad_token_id).unwrap()
+fn load(name: &str) -> ClipTokenizer {
+    ClipTokenizer::from_file(&json_path(name)).unwrap()
 }
 
 fn reference() -> Value {
@@ -37,8 +35,8 @@ fn ids(value: &Value) -> Vec<i64> {
 }
 
 /// Compares every reference prompt for one configuration; reports all mismatches at once.
-fn check_all(pad_token_id: i64, ids_key: &str, truncated_key: &str) {
-    let tokenizer = load(pad_token_id);
+fn check_all(name: &str, ids_key: &str, truncated_key: &str) {
+    let tokenizer = load(name);
     let reference = reference();
     let prompts = reference["prompts"].as_array().unwrap();
     assert!(
@@ -51,7 +49,7 @@ fn check_all(pad_token_id: i64, ids_key: &str, truncated_key: &str) {
         let prompt = entry["prompt"].as_str().unwrap();
         let expected = ids(&entry[ids_key]);
         let expected_truncated = entry[truncated_key].as_bool().unwrap();
-        let encoding = tokenizer.encode(prompt);
+        let encoding = tokenizer.encode(prompt).unwrap();
         assert_eq!(encoding.ids.len(), MAX_LENGTH);
         if encoding.ids != expected || encoding.truncated != expected_truncated {
             failures.push(format!(
@@ -71,54 +69,56 @@ fn check_all(pad_token_id: i64, ids_key: &str, truncated_key: &str) {
 // Expected: reference.json "tokenizer"/"truncated" (CLIPTokenizer.from_pretrained(dir)).
 #[test]
 fn tokenizer_matches_transformers() {
-    check_all(49407, "tokenizer", "truncated");
+    check_all("tokenizer", "tokenizer", "truncated");
 }
 
 // Expected: reference.json "tokenizer_2"/"truncated_2" (from_pretrained(dir, pad_token="!")).
 #[test]
 fn tokenizer_2_matches_transformers() {
-    check_all(0, "tokenizer_2", "truncated_2");
+    check_all("tokenizer_2", "tokenizer_2", "truncated_2");
 }
 
 // Expected: reference.json "tokenizer_2"; pad 0 differs from the end token, so the ids before
 // padding end at the last 49407.
 #[test]
 fn tokens_used_counts_ids_before_padding() {
-    let tokenizer = load(0);
+    let tokenizer = load("tokenizer_2");
     for entry in reference()["prompts"].as_array().unwrap() {
         let expected = ids(&entry["tokenizer_2"]);
         let last_eos = expected.iter().rposition(|&id| id == 49407).unwrap();
-        let encoding = tokenizer.encode(entry["prompt"].as_str().unwrap());
+        let encoding = tokenizer.encode(entry["prompt"].as_str().unwrap()).unwrap();
         assert_eq!(encoding.tokens_used, last_eos + 1, "{:?}", entry["prompt"]);
     }
 }
 
-// Expected: transformers 5.23, t = CLIPTokenizer("models/tiny/tokenizer/vocab.json",
-// "models/tiny/tokenizer/merges.txt"); len(t), t.bos_token_id, t.eos_token_id, t.pad_token_id
-// -> 49408 49406 49407 49407 (the second SDXL tokenizer pads with 0, reference.json pad_token_id).
+// Expected: transformers 5.23, t = CLIPTokenizer(vocab.json, merges.txt) on the rebuilt CLIP
+// vocabulary (exporter-specs/clip_vocab.py); len(t), t.bos_token_id, t.eos_token_id,
+// t.pad_token_id -> 49408 49406 49407 49407 (the second SDXL tokenizer pads with 0,
+// reference.json pad_token_id).
 #[test]
 fn special_ids_and_vocabulary_size() {
-    let tokenizer = load(49407);
+    let tokenizer = load("tokenizer");
     assert_eq!(tokenizer.vocab_size(), 49408);
     assert_eq!(tokenizer.bos_id(), 49406);
     assert_eq!(tokenizer.eos_id(), 49407);
     assert_eq!(tokenizer.pad_id(), 49407);
-    assert_eq!(load(0).pad_id(), 0);
+    assert_eq!(load("tokenizer_2").pad_id(), 0);
+    assert_eq!(load("tokenizer_2").vocab_size(), 49408);
 }
 
 // Expected: reference.json "tokenizer" for a prompt of common words; a warm cache and a cleared
 // one must give the same ids.
 #[test]
 fn cache_does_not_change_results() {
-    let tokenizer = load(49407);
+    let tokenizer = load("tokenizer");
     let reference = reference();
     let entry = &reference["prompts"][1];
     let prompt = entry["prompt"].as_str().unwrap();
     let expected = ids(&entry["tokenizer"]);
-    assert_eq!(tokenizer.encode(prompt).ids, expected);
-    assert_eq!(tokenizer.encode(prompt).ids, expected);
+    assert_eq!(tokenizer.encode(prompt).unwrap().ids, expected);
+    assert_eq!(tokenizer.encode(prompt).unwrap().ids, expected);
     tokenizer.clear_cache();
-    assert_eq!(tokenizer.encode(prompt).ids, expected);
+    assert_eq!(tokenizer.encode(prompt).unwrap().ids, expected);
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -140,94 +140,97 @@ fn expect_invalid(result: idpatch::Result<ClipTokenizer>, input: &Path, needle: 
 }
 
 #[test]
-fn missing_files_are_io_errors() {
+fn a_missing_file_is_an_io_error() {
     let missing = scratch("does-not-exist.json");
-    for result in [
-        ClipTokenizer::from_files(&missing, &merges_path(), 49407),
-        ClipTokenizer::from_files(&vocab_path(), &missing, 49407),
-    ] {
-        match result {
-            Err(err @ Error::Io { .. }) => {
-                assert!(err.to_string().contains("does-not-exist.json"), "{err}");
-                assert_eq!(err.exit_code(), 2);
-            }
-            other => panic!("expected an io error, got {other:?}"),
+    match ClipTokenizer::from_file(&missing) {
+        Err(err @ Error::Io { .. }) => {
+            assert!(err.to_string().contains("does-not-exist.json"), "{err}");
+            assert_eq!(err.exit_code(), 2);
         }
+        other => panic!("expected an io error, got {other:?}"),
     }
 }
 
-#[test]
-fn malformed_vocab_is_rejected() {
-    let not_json = scratch("not-json.json");
-    std::fs::write(&not_json, "{\"a\": 1,").unwrap();
-    expect_invalid(
-        ClipTokenizer::from_files(&not_json, &merges_path(), 49407),
-        &not_json,
-        "JSON",
-    );
+/// The tiny set's `tokenizer_2` file as JSON, to damage.
+fn tokenizer_2_json() -> serde_json::Map<String, Value> {
+    serde_json::from_str(&std::fs::read_to_string(json_path("tokenizer_2")).unwrap()).unwrap()
+}
 
-    let bad_id = scratch("bad-id.json");
-    std::fs::write(&bad_id, "{\"a\": \"one\"}").unwrap();
-    expect_invalid(
-        ClipTokenizer::from_files(&bad_id, &merges_path(), 49407),
-        &bad_id,
-        "\"a\"",
-    );
-
-    // The real vocabulary without its end token: loading merges works, the special lookup fails.
-    let text = std::fs::read_to_string(vocab_path()).unwrap();
-    let mut vocab: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
-    vocab.remove("<|endoftext|>").unwrap();
-    let no_eos = scratch("no-eos.json");
-    std::fs::write(&no_eos, serde_json::to_string(&vocab).unwrap()).unwrap();
-    expect_invalid(
-        ClipTokenizer::from_files(&no_eos, &merges_path(), 0),
-        &no_eos,
-        "<|endoftext|>",
-    );
+/// Writes `json` to a scratch file and expects loading it to fail naming the file and `needle`.
+fn expect_rejected(name: &str, json: &str, needle: &str) {
+    let path = scratch(name);
+    std::fs::write(&path, json).unwrap();
+    expect_invalid(ClipTokenizer::from_file(&path), &path, needle);
 }
 
 #[test]
-fn malformed_merges_are_rejected() {
-    let merges = std::fs::read_to_string(merges_path()).unwrap();
-    let mut lines: Vec<&str> = merges.lines().collect();
+fn malformed_tokenizer_files_are_rejected() {
+    expect_rejected("not-json.json", "{\"model\": 1,", "not a tokenizer.json");
+    expect_rejected("not-a-tokenizer.json", "{\"a\": 1}", "not a tokenizer.json");
 
-    lines[3] = "three parts here";
-    let three_parts = scratch("three-parts.txt");
-    std::fs::write(&three_parts, lines.join("\n")).unwrap();
-    expect_invalid(
-        ClipTokenizer::from_files(&vocab_path(), &three_parts, 49407),
-        &three_parts,
-        "line 4",
+    let mut no_eos = tokenizer_2_json();
+    no_eos["model"]["vocab"]
+        .as_object_mut()
+        .unwrap()
+        .remove("<|endoftext|>")
+        .unwrap();
+    let added = no_eos["added_tokens"].as_array_mut().unwrap();
+    added.retain(|t| t["content"] != "<|endoftext|>");
+    no_eos["post_processor"] = Value::Null;
+    expect_rejected(
+        "no-eos.json",
+        &Value::Object(no_eos).to_string(),
+        "\"<|endoftext|>\" is missing",
     );
 
-    lines[3] = "zzz\u{2603} q";
-    let unknown = scratch("unknown-symbol.txt");
-    std::fs::write(&unknown, lines.join("\n")).unwrap();
-    expect_invalid(
-        ClipTokenizer::from_files(&vocab_path(), &unknown, 49407),
-        &unknown,
-        "line 4",
-    );
-
-    let empty = scratch("empty-merges.txt");
-    std::fs::write(&empty, "#version: 0.2\n").unwrap();
-    expect_invalid(
-        ClipTokenizer::from_files(&vocab_path(), &empty, 49407),
-        &empty,
-        "no merges",
+    // Without the post-processor no start and end tokens are added.
+    let mut no_post = tokenizer_2_json();
+    no_post["post_processor"] = Value::Null;
+    expect_rejected(
+        "no-post.json",
+        &Value::Object(no_post).to_string(),
+        "post-processor",
     );
 }
 
+// The padding and truncation diffusers asks for must be in the file: without them, or with
+// other lengths, the ids would silently differ from the reference's.
+/// An edit of a parsed tokenizer.json.
+type Edit = fn(&mut serde_json::Map<String, Value>);
+
 #[test]
-fn pad_id_outside_the_vocabulary_is_rejected() {
-    for pad in [-1, 49408, i64::MAX] {
-        match ClipTokenizer::from_files(&vocab_path(), &merges_path(), pad) {
-            Err(err @ Error::InvalidInput { .. }) => {
-                assert!(err.to_string().contains("pad_token_id"), "{err}")
-            }
-            other => panic!("pad {pad}: expected an invalid-input error, got {other:?}"),
-        }
+fn padding_and_truncation_must_be_sdxl_s() {
+    let cases: [(&str, Edit, &str); 5] = [
+        (
+            "no-padding.json",
+            |j| j["padding"] = Value::Null,
+            "gives no padding",
+        ),
+        (
+            "short-padding.json",
+            |j| j["padding"]["strategy"] = serde_json::json!({"Fixed": 64}),
+            "pads Fixed(64)",
+        ),
+        (
+            "no-truncation.json",
+            |j| j["truncation"] = Value::Null,
+            "gives no truncation",
+        ),
+        (
+            "left-truncation.json",
+            |j| j["truncation"]["direction"] = "Left".into(),
+            "truncates to 77 ids on the Left",
+        ),
+        (
+            "pad-id.json",
+            |j| j["padding"]["pad_id"] = 49408.into(),
+            "the padding token \"!\" is not token 49408",
+        ),
+    ];
+    for (name, edit, needle) in cases {
+        let mut json = tokenizer_2_json();
+        edit(&mut json);
+        expect_rejected(name, &Value::Object(json).to_string(), needle);
     }
 }
 
@@ -301,19 +304,17 @@ fn cli_reads_tokenizers_from_manifest() {
     // Manifest paths are relative to the set and carry sha256 entries: copy the files in.
     let models = scratch("manifest-set");
     std::fs::create_dir_all(models.join("clip")).unwrap();
-    std::fs::copy(vocab_path(), models.join("clip/vocab.json")).unwrap();
-    std::fs::copy(merges_path(), models.join("clip/merges.txt")).unwrap();
-    let sha = |p: PathBuf| idpatch::manifest::sha256_file(&p).unwrap();
-    let entry = |vocab: &str, pad: i64| {
-        serde_json::json!({
-            "vocab": vocab, "vocab_sha256": sha(vocab_path()),
-            "merges": "clip/merges.txt", "merges_sha256": sha(merges_path()),
-            "pad_token_id": pad,
-        })
-    };
+    for name in ["tokenizer", "tokenizer_2"] {
+        std::fs::copy(json_path(name), models.join(format!("clip/{name}.json"))).unwrap();
+    }
+    let sha = |name: &str| idpatch::manifest::sha256_file(&json_path(name)).unwrap();
+    let entry = |file: &str, name: &str| serde_json::json!({"file": file, "sha256": sha(name)});
     let manifest = serde_json::json!({
-        "format": 2,
-        "tokenizers": { "tokenizer": entry("clip/vocab.json", 49407), "tokenizer_2": entry("clip/vocab.json", 0) }
+        "format": 3,
+        "tokenizers": {
+            "tokenizer": entry("clip/tokenizer.json", "tokenizer"),
+            "tokenizer_2": entry("clip/tokenizer_2.json", "tokenizer_2"),
+        }
     });
     std::fs::write(models.join("manifest.json"), manifest.to_string()).unwrap();
     check_cli(&models);
@@ -322,7 +323,10 @@ fn cli_reads_tokenizers_from_manifest() {
     let broken = scratch("broken-set");
     std::fs::create_dir_all(&broken).unwrap();
     let manifest = serde_json::json!({
-        "tokenizers": { "tokenizer": entry("nope/vocab.json", 49407), "tokenizer_2": entry("clip/vocab.json", 0) }
+        "tokenizers": {
+            "tokenizer": entry("nope/tokenizer.json", "tokenizer"),
+            "tokenizer_2": entry("clip/tokenizer_2.json", "tokenizer_2"),
+        }
     });
     std::fs::write(broken.join("manifest.json"), manifest.to_string()).unwrap();
     let output = common::command()
@@ -332,5 +336,5 @@ fn cli_reads_tokenizers_from_manifest() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("nope/vocab.json"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nope/tokenizer.json"));
 }

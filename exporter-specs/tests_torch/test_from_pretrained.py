@@ -127,18 +127,26 @@ class FromPretrainedTest(unittest.TestCase):
         self.assertEqual(validate.returncode, 0, validate.stdout + validate.stderr)
         for name in GRAPHS:
             self.assertIn(name, validate.stdout)
-            self.assertLess(graph_errors(out, name, self.default), 1e-4, name)
+            # The face detector comes from the facenet-pytorch wheel, not from the stand-ins;
+            # `validate` above compared it with its PyTorch goldens.
+            if not name.startswith("face_detector_"):
+                self.assertLess(graph_errors(out, name, self.default), 1e-4, name)
         manifest = json.loads((out / "manifest.json").read_text())
         config = manifest["config"]
         self.assertEqual((config["text_dim_1"], config["text_dim_2"], config["pooled_dim"]), (32, 32, 24))
         self.assertEqual((config["cross_attention_dim"], config["down_residuals"], config["latent_channels"]), (64, 9, 4))
         scheduler = json.loads((self.sdxl / "scheduler" / "scheduler_config.json").read_text())
         self.assertEqual(manifest["scheduler"], scheduler)
+        from tokenizers import Tokenizer
+        from transformers import CLIPTokenizer
+
+        prompt = "two friends on a pier at sunset, film photo"
         for name, pad in (("tokenizer", 49407), ("tokenizer_2", 0)):
-            entry = manifest["tokenizers"][name]
-            self.assertEqual(entry["pad_token_id"], pad, name)
-            for key, file in (("vocab", "vocab.json"), ("merges", "merges.txt")):
-                self.assertEqual((out / entry[key]).read_bytes(), (self.sdxl / name / file).read_bytes(), f"{name} {file}")
+            written = Tokenizer.from_file(str(out / manifest["tokenizers"][name]["file"]))
+            self.assertEqual(written.padding["pad_id"], pad, name)
+            folder = CLIPTokenizer.from_pretrained(self.sdxl / name)
+            expected = folder(prompt, padding="max_length", max_length=77, truncation=True).input_ids
+            self.assertEqual(written.encode(prompt).ids, expected, name)
 
     def test_fp16_variant_set_reads_the_fp16_files(self):
         out = self.dir / "set-fp16"

@@ -5,15 +5,15 @@
 //! [`time_pipeline`] times the whole pipeline instead: graphs loaded once, then `prepare` and
 //! `generate` per run, summarised per stage of [`Timings`].
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, Graph, Value};
-use crate::denoise::GenerationTraffic;
 use crate::face::ARCFACE_SIZE;
 use crate::image_io::Rgb8;
 use crate::layout::{Layout, Person, Placement, MAX_PEOPLE};
 use crate::manifest::{Dim, ModelSet, Role, TensorSpec};
-use crate::pipeline::{self, Models, Params, Timings, Tokenizers};
+use crate::pipeline::{self, GenerationTraffic, Models, Params, Timings, Tokenizers};
 use crate::tensor::{DType, Tensor};
 use crate::{npy, Error, Result};
 
@@ -149,17 +149,17 @@ pub fn synth_shape(
         .collect()
 }
 
-/// A small deterministic generator so that made-up inputs are the same on every run.
-struct SplitMix(u64);
+/// A small deterministic generator so that made-up inputs are the same on every run: the
+/// seeded noise's SplitMix64.
+struct SplitMix(crate::noise::SplitMix64);
 
 impl SplitMix {
+    fn new(seed: u64) -> Self {
+        SplitMix(crate::noise::SplitMix64::new(seed))
+    }
+
     fn next_unit(&mut self) -> f32 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 40) as f32 / (1u64 << 24) as f32
+        (self.0.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 
     /// Roughly N(0, 1): the sum of four uniforms, rescaled.
@@ -180,7 +180,7 @@ pub fn synth_inputs(set: &ModelSet, role: Role, size: &SynthSize) -> Result<Vec<
         return Err(Error::invalid_input("--people", "must be at least 1"));
     }
     let entry = set.entry(role)?;
-    let mut rng = SplitMix(0x1D_9A7C);
+    let mut rng = SplitMix::new(0x1D_9A7C);
     entry
         .inputs
         .iter()
@@ -333,6 +333,7 @@ pub fn synth_layout(width: usize, height: usize, people: usize) -> Result<Layout
                 h as f32 / 2.0,
             ]),
             face_keypoints: None,
+            face_index: None,
         })
         .collect();
     Ok(Layout {
@@ -396,7 +397,7 @@ pub fn time_pipeline(
     let mut traffic = None;
     for run in 0..warmup + runs {
         let job = prepare(&models.set)?;
-        let generated = pipeline::generate(&mut models, &job, &mut |_, _| {})?;
+        let generated = pipeline::generate(&mut models, &job, &mut |_| ControlFlow::Continue(()))?;
         if run >= warmup {
             timings.push(generated.timings);
             traffic = generated.traffic;
@@ -447,7 +448,7 @@ mod tests {
     // variance 1.
     #[test]
     fn generator_is_spread_like_a_standard_normal() {
-        let mut a = SplitMix(7);
+        let mut a = SplitMix::new(7);
         let xs: Vec<f32> = (0..10_000).map(|_| a.next_normal()).collect();
         let mean = xs.iter().sum::<f32>() / xs.len() as f32;
         let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / xs.len() as f32;

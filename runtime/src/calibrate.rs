@@ -16,6 +16,7 @@
 //! the set's IO spec gives, [`planned_bytes`]) and again before each file is written.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -26,7 +27,7 @@ use crate::backend::{Graph, GraphIo, Traffic, Value};
 use crate::bench::{synth_shape, SynthSize};
 use crate::layout::Layout;
 use crate::manifest::{ModelSet, Role};
-use crate::pipeline::{self, Models, Params, Tokenizers};
+use crate::pipeline::{self, Models, Params, StepProgress, Tokenizers};
 use crate::tensor::DType;
 use crate::{npy, splice, Error, Result, Tensor};
 
@@ -114,8 +115,7 @@ pub struct Record {
 struct RecordState {
     dir: PathBuf,
     generation: usize,
-    /// Steps of the current generation: the UNet calls so far (it runs on every step, after
-    /// the ControlNet).
+    /// The denoising step the graph calls belong to, as the loop's `on_step` reports it.
     step: usize,
     sampled: Vec<usize>,
     text_len: usize,
@@ -172,6 +172,14 @@ impl Recording {
         st.step = 0;
         st.sampled = sampled.to_vec();
         Ok(())
+    }
+
+    /// Tells the recorders that the next graph calls belong to denoising step `step` (0-based).
+    pub fn set_step(&self, step: usize) {
+        // A poisoned lock means a recorder failed; its error reaches the caller through `run`.
+        if let Ok(mut st) = self.state.lock() {
+            st.step = step;
+        }
     }
 
     /// The records so far and the bytes written.
@@ -271,9 +279,6 @@ impl Graph for Recorder {
         if st.sampled.contains(&st.step) {
             self.record(&mut st, inputs)?;
         }
-        if role == Role::Unet {
-            st.step += 1;
-        }
         drop(st);
         let outputs = self.inner.run(inputs)?;
         if role != Role::Controlnet {
@@ -371,15 +376,21 @@ fn element_bytes(dtype: DType) -> u64 {
 
 /// Runs every generation of `plan` on `models` with `base`'s settings (its prompt and seed
 /// replaced by each generation's), recording the denoiser inputs of the sampled steps through
-/// `recording`. `models` is consumed and returned with its UNet and ControlNet wrapped in
-/// [`Recorder`]s. `progress(generation)` is called after each generation.
+/// `recording`. Each generation runs the encode stage and the denoising loop only as far as its
+/// last sampled step (the loop is stopped there through its `on_step` callback; nothing later
+/// is recorded, and the VAE decoder never runs). `models` is consumed and returned with its UNet
+/// and ControlNet wrapped in [`Recorder`]s. `progress(generation)` is called after each
+/// generation, once its files are on disk.
+///
+/// Errors: what the pipeline stages report, and [`Error::InvalidInput`] naming `--max-bytes`
+/// when a file would take the data past the bound.
 pub fn run(
     models: Models,
     tokenizers: &Tokenizers,
     plan: &[(Generation, Layout)],
     base: &Params,
     recording: &Recording,
-    progress: &mut dyn FnMut(&Generation),
+    progress: &mut dyn FnMut(&Generation) -> Result<()>,
 ) -> Result<Models> {
     let mut models = Models {
         unet: recording.wrap(models.unet),
@@ -394,8 +405,22 @@ pub fn run(
         };
         let job = pipeline::prepare(&models.set, tokenizers, layout.clone(), params, None)?;
         recording.start_generation(generation.index, &generation.steps)?;
-        pipeline::generate(&mut models, &job, &mut |_, _| {})?;
-        progress(generation);
+        let last = generation.steps.iter().max().copied().unwrap_or(0);
+        let encoded = pipeline::encode(&mut models, &job)?;
+        let mut on_step = |p: &StepProgress| {
+            recording.set_step(p.step);
+            // `p.step` steps are done: step `p.step - 1` was the last one run.
+            if p.step > last {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        };
+        match pipeline::denoise(&mut models, &job, encoded, &mut on_step) {
+            Ok(_) | Err(Error::Cancelled { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        progress(generation)?;
     }
     Ok(models)
 }
@@ -404,6 +429,9 @@ pub fn run(
 #[derive(Debug, Serialize)]
 pub struct Index<'a> {
     pub format: u32,
+    /// False while the run is going on (the index is rewritten after every generation): the
+    /// files listed are on disk, the later generations are not.
+    pub complete: bool,
     pub models: String,
     pub model_set: String,
     pub model_set_digest: String,

@@ -26,12 +26,15 @@ use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
+/// Largest checksum cache entry read, in bytes.
+const MAX_ENTRY_BYTES: u64 = 64 * 1024;
+
 /// Files whose stamps are younger than this (seconds) are not cached.
 pub const SETTLE_SECONDS: i64 = 2;
 
 /// sha256 of a file's bytes, as 64 lowercase hex digits. Read errors are [`Error::Io`].
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = crate::fsutil::open_for_reading(path, "hashed")?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -44,9 +47,15 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// Lowercase hex of bytes.
+/// Lowercase hex of bytes (of a finished digest: `hex(&hasher.finalize())`).
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 of `bytes` as 64 lowercase hex digits: the one form every digest idpatch writes or
+/// compares takes (manifest checksums, `model_set_digest`, cache keys).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// Whether `s` is a sha256 as the manifest and the cache write it: 64 hex digits.
@@ -78,19 +87,11 @@ impl ChecksumCache {
         }
     }
 
-    /// The user's cache: `$IDPATCH_HOME/cache/checksums`, else `$XDG_CACHE_HOME/idpatch/checksums`,
-    /// else `$HOME/.cache/idpatch/checksums`; disabled when none of these is set.
+    /// The user's cache: `checksums/` in [`crate::fsutil::cache_root`]
+    /// (`$IDPATCH_HOME/cache/checksums`, else `$XDG_CACHE_HOME/idpatch/checksums`, else
+    /// `$HOME/.cache/idpatch/checksums`); disabled when none of these is set.
     pub fn from_env() -> Self {
-        let var = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let root = var("IDPATCH_HOME")
-            .map(|h| h.join("cache"))
-            .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("idpatch")))
-            .or_else(|| var("HOME").map(|h| h.join(".cache/idpatch")));
-        match root {
+        match crate::fsutil::cache_root() {
             Some(root) => ChecksumCache::new(root.join("checksums")),
             None => ChecksumCache::disabled(),
         }
@@ -191,7 +192,7 @@ impl Key {
         let stamp = Stamp::of(path)?;
         let canonical = path.canonicalize().ok()?;
         let canonical = canonical.to_str()?.to_string();
-        let name = hex(&Sha256::digest(canonical.as_bytes()));
+        let name = sha256_hex(canonical.as_bytes());
         Some(Key {
             entry_path: dir.join(format!("{name}.json")),
             canonical,
@@ -201,15 +202,19 @@ impl Key {
 
     /// The cached digest, when the entry parses and matches the path and stamps.
     fn lookup(&self) -> Option<String> {
-        let text = std::fs::read_to_string(&self.entry_path).ok()?;
+        // An entry is a few hundred bytes; anything else (a FIFO, a device, a huge file) is
+        // not one of ours and means hashing again.
+        let text =
+            crate::fsutil::read_text_limited(&self.entry_path, MAX_ENTRY_BYTES, "cache entry")
+                .ok()?;
         let entry: Entry = serde_json::from_str(&text).ok()?;
         (entry.path == self.canonical && entry.stamp == self.stamp && is_sha256(&entry.sha256))
             .then(|| entry.sha256.to_ascii_lowercase())
     }
 
-    /// Writes the entry atomically; any failure leaves the cache as it was.
+    /// Writes the entry atomically ([`crate::fsutil::write_atomic`]); any failure leaves the
+    /// cache as it was.
     fn store(&self, digest: &str) {
-        static SEQUENCE: AtomicUsize = AtomicUsize::new(0);
         let Some(dir) = self.entry_path.parent() else {
             return;
         };
@@ -221,16 +226,9 @@ impl Key {
         let Ok(text) = serde_json::to_string(&entry) else {
             return;
         };
-        let tmp = dir.join(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            SEQUENCE.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = std::fs::create_dir_all(dir)
-            .and_then(|_| std::fs::write(&tmp, text))
-            .and_then(|_| std::fs::rename(&tmp, &self.entry_path));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        if std::fs::create_dir_all(dir).is_ok() {
+            // A cache that cannot be written is skipped: the digest was computed anyway.
+            let _ = crate::fsutil::write_atomic(&self.entry_path, text.as_bytes());
         }
     }
 }
@@ -261,6 +259,23 @@ mod tests {
         cache.sha256(&path).unwrap();
         assert_eq!(cache.files_hashed(), 2);
         assert!(!dir.path().join("cache").exists());
+    }
+
+    // Expected: hashlib.sha256(b"").hexdigest() (FIPS 180-2).
+    #[test]
+    fn sha256_hex_of_bytes() {
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(sha256_hex(b"abc"), sha256_hex_of_file(b"abc"));
+    }
+
+    fn sha256_hex_of_file(bytes: &[u8]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, bytes).unwrap();
+        sha256_file(&path).unwrap()
     }
 
     #[test]

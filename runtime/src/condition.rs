@@ -15,6 +15,7 @@
 
 use half::bf16;
 
+use crate::image_io::Rgb8;
 use crate::layout::{Layout, COCO_KEYPOINTS};
 use crate::{Error, Result, Tensor};
 
@@ -78,65 +79,51 @@ pub struct ConditionOptions {
     pub bf16_positions: bool,
 }
 
-/// An RGB u8 image, rows top to bottom, pixels `[r, g, b]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RgbImage {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
-}
-
-impl RgbImage {
-    pub fn black(width: usize, height: usize) -> Self {
-        RgbImage {
-            width,
-            height,
-            data: vec![0; width * height * 3],
-        }
-    }
-
+/// Clipped painting on an [`Rgb8`], the drawing primitives the rasteriser needs.
+trait Canvas {
     /// Paints columns `x0..=x1` of row `y`, clipped to the image.
-    fn span(&mut self, y: i64, x0: i64, x1: i64, color: [u8; 3]) {
-        if y < 0 || y >= self.height as i64 {
-            return;
-        }
-        let x0 = x0.max(0);
-        let x1 = x1.min(self.width as i64 - 1);
-        if x0 > x1 {
-            return;
-        }
-        let row = y as usize * self.width * 3;
-        for px in self.data[row + x0 as usize * 3..row + (x1 as usize + 1) * 3].chunks_exact_mut(3)
-        {
-            px.copy_from_slice(&color);
-        }
-    }
+    fn span(&mut self, y: i64, x0: i64, x1: i64, color: [u8; 3]);
 
     fn put(&mut self, x: i64, y: i64, color: [u8; 3]) {
         self.span(y, x, x, color);
     }
 }
 
+impl Canvas for Rgb8 {
+    fn span(&mut self, y: i64, x0: i64, x1: i64, color: [u8; 3]) {
+        let (width, height) = (self.width(), self.height());
+        if y < 0 || y >= height as i64 {
+            return;
+        }
+        let x0 = x0.max(0);
+        let x1 = x1.min(width as i64 - 1);
+        if x0 > x1 {
+            return;
+        }
+        let row = y as usize * width * 3;
+        let pixels = &mut self.data_mut()[row + x0 as usize * 3..row + (x1 as usize + 1) * 3];
+        for px in pixels.chunks_exact_mut(3) {
+            px.copy_from_slice(&color);
+        }
+    }
+}
+
 /// The skeleton image of every posed person in `layout` (black when none has a pose).
-pub fn skeleton(layout: &Layout) -> RgbImage {
+pub fn skeleton(layout: &Layout) -> Rgb8 {
     let poses: Vec<&[[f32; 3]; COCO_KEYPOINTS]> =
         layout.people.iter().filter_map(|p| p.keypoints()).collect();
     draw_skeletons(layout.width as usize, layout.height as usize, &poses)
 }
 
 /// Draws COCO-17 poses (`[x, y, score]` in pixels) as OpenPose skeletons on black.
-pub fn draw_skeletons(
-    width: usize,
-    height: usize,
-    poses: &[&[[f32; 3]; COCO_KEYPOINTS]],
-) -> RgbImage {
+pub fn draw_skeletons(width: usize, height: usize, poses: &[&[[f32; 3]; COCO_KEYPOINTS]]) -> Rgb8 {
     let poses: Vec<[[f32; 3]; 18]> = poses.iter().map(|p| to_openpose(p)).collect();
     let drawn = |pose: &[[f32; 3]; 18], (a, b): (usize, usize)| {
         pose[a][2] > KEYPOINT_THRESHOLD && pose[b][2] > KEYPOINT_THRESHOLD
     };
 
     // Joints first, only those on a drawn limb.
-    let mut joints = RgbImage::black(width, height);
+    let mut joints = Rgb8::zeros(width, height);
     for pose in &poses {
         let mut on_limb = [false; 18];
         for &limb in &LIMBS {
@@ -186,7 +173,7 @@ pub fn draw_skeletons(
 
     // cv2.addWeighted(joints, 0.4, limbs, 0.6, 0): float arithmetic, round half to even. Equal
     // inputs (most of the image) blend to themselves.
-    for (limb, &joint) in limbs.data.iter_mut().zip(&joints.data) {
+    for (limb, &joint) in limbs.data_mut().iter_mut().zip(joints.data()) {
         if *limb != joint {
             *limb = blend(joint, *limb);
         }
@@ -291,8 +278,8 @@ fn clip_segment(w: i64, h: i64, p1: &mut (i64, i64), p2: &mut (i64, i64)) -> boo
 }
 
 /// 8-connected Bresenham segment, traversed left to right, as OpenCV's `LineIterator` does.
-fn draw_line(img: &mut RgbImage, mut p1: (i64, i64), mut p2: (i64, i64), color: [u8; 3]) {
-    let (w, h) = (img.width as i64, img.height as i64);
+fn draw_line(img: &mut Rgb8, mut p1: (i64, i64), mut p2: (i64, i64), color: [u8; 3]) {
+    let (w, h) = (img.width() as i64, img.height() as i64);
     let outside = |p: (i64, i64)| p.0 < 0 || p.0 >= w || p.1 < 0 || p.1 >= h;
     if (outside(p1) || outside(p2)) && !clip_segment(w, h, &mut p1, &mut p2) {
         return;
@@ -340,16 +327,56 @@ fn draw_line(img: &mut RgbImage, mut p1: (i64, i64), mut p2: (i64, i64), color: 
 const XY_SHIFT: i64 = 16;
 const XY_ONE: i64 = 1 << XY_SHIFT;
 
-/// Fills a convex polygon with integer vertices like OpenCV's `fillConvexPoly(..., LINE_8, 0)`:
-/// the outline is drawn with Bresenham segments, then the interior is scanned with two 16.16
-/// fixed-point edges walking down from the top vertex.
-fn fill_convex_polygon(img: &mut RgbImage, v: &[(i64, i64)], color: [u8; 3]) {
-    let n = v.len();
-    if n == 0 {
-        return;
+/// One of the two edges the convex fill walks down from the top vertex: the vertex it ends at
+/// (`idx`), the direction it walks the vertex list (`step`: 1 or n - 1), its 16.16 x and slope,
+/// and the row where it ends.
+struct Edge {
+    idx: usize,
+    step: usize,
+    x: i64,
+    dx: i64,
+    ye: i64,
+}
+
+impl Edge {
+    /// At row `y`, once the edge has ended, moves it on to the next vertex below `y`, consuming
+    /// vertices from the count `remaining` both edges share (OpenCV's `edges` counter).
+    fn advance(&mut self, v: &[(i64, i64)], y: i64, remaining: &mut i64) {
+        if y < self.ye {
+            return;
+        }
+        let n = v.len();
+        let mut idx0 = self.idx;
+        let mut idx = (idx0 + self.step) % n;
+        loop {
+            let more = *remaining > 0;
+            *remaining -= 1;
+            if !more {
+                return;
+            }
+            let ty = v[idx].1;
+            if ty > y {
+                let xs = v[idx0].0 << XY_SHIFT;
+                let xe = v[idx].0 << XY_SHIFT;
+                self.ye = ty;
+                // C integer division truncates toward zero, as Rust's does.
+                self.dx = ((xe - xs) * 2 + (ty - y)) / (2 * (ty - y));
+                self.x = xs;
+                self.idx = idx;
+                return;
+            }
+            idx0 = idx;
+            idx = (idx + self.step) % n;
+        }
     }
-    let (w, h) = (img.width as i64, img.height as i64);
-    let mut prev = v[n - 1];
+}
+
+/// Draws the outline of `v` and returns the index of its top vertex with the rows to scan
+/// (`ymin`, `ymax` clipped to the image), or `None` when there is no interior in the image.
+fn outline(img: &mut Rgb8, v: &[(i64, i64)], color: [u8; 3]) -> Option<(usize, i64, i64)> {
+    let n = v.len();
+    let (w, h) = (img.width() as i64, img.height() as i64);
+    let mut prev = *v.last()?;
     let (mut xmin, mut xmax, mut ymin, mut ymax) = (v[0].0, v[0].0, v[0].1, v[0].1);
     let mut imin = 0;
     for (i, &p) in v.iter().enumerate() {
@@ -364,64 +391,34 @@ fn fill_convex_polygon(img: &mut RgbImage, v: &[(i64, i64)], color: [u8; 3]) {
         prev = p;
     }
     if n < 3 || xmax < 0 || ymax < 0 || xmin >= w || ymin >= h {
-        return;
+        return None;
     }
-    let ymax = ymax.min(h - 1);
+    Some((imin, ymin, ymax.min(h - 1)))
+}
 
-    struct Edge {
-        idx: usize,
-        step: usize,
-        x: i64,
-        dx: i64,
-        ye: i64,
-    }
-    let mut edges = [
-        Edge {
-            idx: imin,
-            step: 1,
-            x: -XY_ONE,
-            dx: 0,
-            ye: ymin,
-        },
-        Edge {
-            idx: imin,
-            step: n - 1,
-            x: -XY_ONE,
-            dx: 0,
-            ye: ymin,
-        },
-    ];
+/// Fills a convex polygon with integer vertices like OpenCV's `fillConvexPoly(..., LINE_8, 0)`:
+/// the outline is drawn with Bresenham segments, then the interior is scanned with two 16.16
+/// fixed-point edges walking down from the top vertex.
+fn fill_convex_polygon(img: &mut Rgb8, v: &[(i64, i64)], color: [u8; 3]) {
+    let Some((imin, ymin, ymax)) = outline(img, v, color) else {
+        return;
+    };
+    let (n, w) = (v.len(), img.width() as i64);
+    let edge = |step| Edge {
+        idx: imin,
+        step,
+        x: -XY_ONE,
+        dx: 0,
+        ye: ymin,
+    };
+    let mut edges = [edge(1), edge(n - 1)];
     // Vertices left to consume, shared by both edges (the polygon is walked once around).
     let mut remaining = n as i64;
     let half = XY_ONE >> 1;
     let mut y = ymin;
     loop {
         for e in edges.iter_mut() {
-            if y < e.ye {
-                continue;
-            }
-            let mut idx0 = e.idx;
-            let mut idx = (idx0 + e.step) % n;
-            loop {
-                let more = remaining > 0;
-                remaining -= 1;
-                if !more {
-                    break;
-                }
-                let ty = v[idx].1;
-                if ty > y {
-                    let xs = v[idx0].0 << XY_SHIFT;
-                    let xe = v[idx].0 << XY_SHIFT;
-                    e.ye = ty;
-                    // C integer division truncates toward zero, as Rust's does.
-                    e.dx = ((xe - xs) * 2 + (ty - y)) / (2 * (ty - y));
-                    e.x = xs;
-                    e.idx = idx;
-                    break;
-                }
-                idx0 = idx;
-                idx = (idx + e.step) % n;
-            }
+            e.advance(v, y, &mut remaining);
         }
         if remaining < 0 {
             break;
@@ -448,7 +445,7 @@ fn fill_convex_polygon(img: &mut RgbImage, v: &[(i64, i64)], color: [u8; 3]) {
 }
 
 /// Filled circle by OpenCV's midpoint-circle spans (`cv2.circle(..., thickness=-1)`, LINE_8).
-fn fill_circle(img: &mut RgbImage, cx: i64, cy: i64, radius: i32, color: [u8; 3]) {
+fn fill_circle(img: &mut Rgb8, cx: i64, cy: i64, radius: i32, color: [u8; 3]) {
     let (mut err, mut dx, mut dy) = (0i64, radius as i64, 0i64);
     let (mut plus, mut minus) = (1i64, (radius as i64) * 2 - 1);
     while dx >= dy {
@@ -502,12 +499,12 @@ pub fn window(c: f32, options: &ConditionOptions) -> (i64, i64) {
 /// people order, clipped at the borders, then the skeleton is added. `patches` holds at least
 /// one (3, 64, 64) patch per centre (see [`check_patches`]); fewer is a caller bug and panics.
 pub fn composite(
-    skeleton: &RgbImage,
+    skeleton: &Rgb8,
     centres: &[[f32; 2]],
     patches: &[f32],
     options: &ConditionOptions,
 ) -> Vec<f32> {
-    let (w, h) = (skeleton.width, skeleton.height);
+    let (w, h) = (skeleton.width(), skeleton.height());
     let plane = w * h;
     let mut canvas = vec![0f32; 3 * plane];
     for (f, &centre) in centres.iter().enumerate() {
@@ -536,7 +533,7 @@ pub fn composite(
     // u8 / 255 in f32, as numpy divides the float32 skeleton.
     let scaled: [f32; 256] = std::array::from_fn(|v| v as f32 / 255.0);
     for (c, plane_values) in canvas.chunks_exact_mut(plane).enumerate() {
-        for (v, px) in plane_values.iter_mut().zip(skeleton.data.chunks_exact(3)) {
+        for (v, px) in plane_values.iter_mut().zip(skeleton.data().chunks_exact(3)) {
             *v += scaled[px[c] as usize];
         }
     }
@@ -595,7 +592,8 @@ pub fn check_patches(patches: &Tensor, people: usize, name: &str) -> Result<()> 
     Ok(())
 }
 
-/// PNG bytes of a (3, H, W) condition: values clamped to [0, 1], times 255, rounded.
+/// PNG bytes of a (3, H, W) condition: values clamped to [0, 1], times 255, rounded (through
+/// [`crate::image_io::encode_png`], without text).
 pub fn preview_png(condition: &Tensor) -> Result<Vec<u8>> {
     let (&[3, h, w], Some(data)) = (condition.shape(), condition.as_f32()) else {
         return Err(Error::invalid_input(
@@ -614,24 +612,7 @@ pub fn preview_png(condition: &Tensor) -> Result<Vec<u8>> {
             rgb[p * 3 + c] = (data[c * plane + p].clamp(0.0, 1.0) * 255.0).round() as u8;
         }
     }
-    encode_png(&rgb, w, h)
-}
-
-/// PNG bytes of an RGB u8 image.
-pub fn encode_png(rgb: &[u8], width: usize, height: usize) -> Result<Vec<u8>> {
-    use image::ImageEncoder;
-    let mut out = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut out)
-        .write_image(
-            rgb,
-            width as u32,
-            height as u32,
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| {
-            Error::invalid_input("png", format!("cannot encode {width}x{height} image: {e}"))
-        })?;
-    Ok(out)
+    crate::image_io::encode_png(&Rgb8::new(w, h, rgb)?, &[])
 }
 
 #[cfg(test)]
@@ -643,10 +624,14 @@ mod tests {
         // OpenCV 5.0.0: img = np.zeros((9, 9, 3), np.uint8);
         // cv2.circle(img, (4, 4), 4, (255, 0, 0), -1); (img[:, :, 0] == 255).sum(axis=1)
         // -> [1, 5, 7, 7, 9, 7, 7, 5, 1]. (Whole skeletons: tests/condition.rs.)
-        let mut img = RgbImage::black(9, 9);
+        let mut img = Rgb8::zeros(9, 9);
         fill_circle(&mut img, 4, 4, 4, [255, 0, 0]);
         let widths: Vec<usize> = (0..9)
-            .map(|y| (0..9).filter(|&x| img.data[(y * 9 + x) * 3] == 255).count())
+            .map(|y| {
+                (0..9)
+                    .filter(|&x| img.data()[(y * 9 + x) * 3] == 255)
+                    .count()
+            })
             .collect();
         assert_eq!(widths, [1, 5, 7, 7, 9, 7, 7, 5, 1]);
     }

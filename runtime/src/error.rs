@@ -26,6 +26,11 @@ pub enum Error {
     /// A graph failed while running (backend error, NaN/Inf in an output).
     #[error("graph {graph}: {reason}")]
     Graph { graph: String, reason: String },
+
+    /// The caller stopped a generation between denoising steps
+    /// ([`crate::pipeline::denoise`]'s step callback): `step` of `steps` were done.
+    #[error("cancelled after denoising step {step} of {steps}")]
+    Cancelled { step: usize, steps: usize },
 }
 
 impl Error {
@@ -61,7 +66,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::InvalidInput { .. } | Error::Io { .. } | Error::ModelSet { .. } => 2,
-            Error::Graph { .. } => 1,
+            Error::Graph { .. } | Error::Cancelled { .. } => 1,
         }
     }
 }

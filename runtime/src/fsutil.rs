@@ -6,11 +6,57 @@
 //! half-written output behind.
 
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
+
+/// What keeps `path` from being read as a file, if anything: `"does not exist"`, `"is a
+/// FIFO, not a regular file"`, ... (symbolic links followed). A directory counts as a problem
+/// here; [`open_for_reading`] leaves directories to the caller's own message.
+pub fn regular_file_problem(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => None,
+        Ok(meta) => Some(format!("is {}, not a regular file", file_kind(&meta))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist".into()),
+        Err(e) => Some(format!("cannot be read: {e}")),
+    }
+}
+
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "a special file"
+    }
+}
+
+/// Opens `path` for reading, refusing FIFOs, sockets and devices before opening them: opening a
+/// FIFO without a writer blocks forever, and a device can be endless. `what` names the file in
+/// the error ("image", "layout", ...). Errors: [`Error::InvalidInput`] naming the path for a
+/// special file, [`Error::Io`] when it cannot be opened.
+pub fn open_for_reading(path: &Path, what: &str) -> Result<File> {
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() && !meta.is_dir() {
+            return Err(Error::invalid_input(
+                path.display().to_string(),
+                format!("{what} file is {}, not a regular file", file_kind(&meta)),
+            ));
+        }
+    }
+    File::open(path).map_err(|e| Error::io(path, e))
+}
 
 /// Reads all of `path`, refusing a file of more than `max_bytes` bytes before reading it.
 /// `what` says what the file is in the error ("image", "layout", ...).
@@ -18,7 +64,7 @@ use crate::{Error, Result};
 /// Errors: [`Error::Io`] when the file cannot be opened or read (missing, a directory, no
 /// permission); [`Error::InvalidInput`] naming the path when it is too large.
 pub fn read_limited(path: &Path, max_bytes: u64, what: &str) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = open_for_reading(path, what)?;
     let too_large = |size: String| {
         Error::invalid_input(
             path.display().to_string(),
@@ -65,54 +111,51 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_all_atomic(&[(path, bytes)])
 }
 
-/// Writes several outputs together: every file is first written in full to a temporary file
-/// beside its destination, and only when all of them are written are they renamed into place.
-/// A full disk or an unwritable folder thus leaves none of them behind.
+/// Writes several outputs together: every file is first written in full (and synced) to a
+/// temporary file beside its destination (`tempfile::NamedTempFile`, a hidden `.<name>.XXXXXX`),
+/// and only when all of them are written are they renamed into place
+/// (`NamedTempFile::persist`). A full disk or an unwritable folder thus leaves none of them
+/// behind: a temporary file not persisted is removed when dropped. The files get the
+/// permissions `File::create` gives (0666 less the umask), not a temporary file's 0600.
+///
+/// Errors: [`Error::InvalidInput`] naming the path when its folder does not exist;
+/// [`Error::Io`] naming the path when writing or renaming fails.
 pub fn write_all_atomic(files: &[(&Path, &[u8])]) -> Result<()> {
-    let mut temps: Vec<(PathBuf, &Path)> = Vec::with_capacity(files.len());
-    let remove = |temps: &[(PathBuf, &Path)]| {
-        for (tmp, _) in temps {
-            let _ = std::fs::remove_file(tmp);
-        }
-    };
+    let mut temps = Vec::with_capacity(files.len());
     for (path, bytes) in files {
-        match write_temp(path, bytes) {
-            Ok(tmp) => temps.push((tmp, path)),
-            Err(e) => {
-                remove(&temps);
-                return Err(e);
-            }
-        }
+        temps.push((write_temp(path, bytes)?, *path));
     }
-    for (i, (tmp, path)) in temps.iter().enumerate() {
-        if let Err(e) = std::fs::rename(tmp, path) {
-            remove(&temps[i..]);
-            return Err(Error::io(*path, e));
-        }
+    for (tmp, path) in temps {
+        tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     }
     Ok(())
 }
 
-/// The folder a file path is in (`.` for a bare file name).
-fn folder_of(path: &Path) -> &Path {
+/// The folder a file path is in (`.` for a bare file name, whose `parent()` is empty).
+pub fn folder_of(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
 }
 
-/// A hidden name beside `path`, unique to this process: `.<name>.<tag>-<pid>`.
-fn sibling(path: &Path, tag: &str) -> Result<PathBuf> {
-    let name = path.file_name().ok_or_else(|| {
-        Error::invalid_input(path.display().to_string(), "output path has no file name")
-    })?;
-    let mut hidden = OsString::from(".");
-    hidden.push(name);
-    hidden.push(format!(".{tag}-{}", std::process::id()));
-    Ok(folder_of(path).join(hidden))
+/// A new, empty hidden temporary file beside `path` (`.<name>.XXXXXX`), removed when dropped.
+fn temp_beside(path: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let name = path.file_name().unwrap_or(path.as_os_str());
+    let mut prefix = OsString::from(".");
+    prefix.push(name);
+    prefix.push(".");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(folder_of(path))
 }
 
-fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     let dir = folder_of(path);
     if !dir.is_dir() {
         return Err(Error::invalid_input(
@@ -120,14 +163,27 @@ fn write_temp(path: &Path, bytes: &[u8]) -> Result<PathBuf> {
             format!("output directory {} does not exist", dir.display()),
         ));
     }
-    let tmp = sibling(path, "tmp")?;
-    let written =
-        File::create(&tmp).and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
+    let mut tmp = temp_beside(path).map_err(|e| Error::io(path, e))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| Error::io(path, e))?;
     Ok(tmp)
+}
+
+/// The root of idpatch's caches: `$IDPATCH_HOME/cache`, else `$XDG_CACHE_HOME/idpatch`, else
+/// `$HOME/.cache/idpatch` (empty variables count as unset); `None` when none is set. Each cache
+/// is a folder in it (`checksums/`, `tensorrt/`).
+pub fn cache_root() -> Option<PathBuf> {
+    cache_root_from(|k| std::env::var_os(k))
+}
+
+/// [`cache_root`] with the variables read through `env`.
+fn cache_root_from(env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("IDPATCH_HOME")
+        .map(|h| h.join("cache"))
+        .or_else(|| var("XDG_CACHE_HOME").map(|c| c.join("idpatch")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/idpatch")))
 }
 
 /// Checks the output paths of one command before any work is done. `outputs` and `inputs` are
@@ -199,15 +255,10 @@ fn check_output(flag: &str, path: &Path) -> Result<()> {
         }
     }
     // Permission bits do not tell (root ignores them; read-only mounts and /proc do not show
-    // in them): create and remove a file where the output will go.
-    let probe = sibling(path, "probe")?;
-    let created = OpenOptions::new().write(true).create_new(true).open(&probe);
-    match created {
-        Ok(file) => {
-            drop(file);
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
+    // in them): create a temporary file where the output will go, as writing will; dropping it
+    // removes it.
+    match temp_beside(path) {
+        Ok(_probe) => Ok(()),
         Err(e) => Err(bad(format!(
             "cannot write {shown}: cannot create a file in {}: {e}",
             dir.display()
@@ -343,5 +394,45 @@ mod tests {
         write_all_atomic(&[(&a, b"aaa"), (&b, b"bbb")]).unwrap();
         assert_eq!(names(d), ["a.png", "b.npy"]);
         assert_eq!(std::fs::read(&b).unwrap(), b"bbb");
+        // Replacing an existing output works the same way.
+        write_atomic(&b, b"new").unwrap();
+        assert_eq!(std::fs::read(&b).unwrap(), b"new");
+        assert_eq!(names(d), ["a.png", "b.npy"]);
+    }
+
+    // Outputs get the permissions a plain File::create gives (0666 less the umask), not the
+    // 0600 of a temporary file.
+    #[cfg(unix)]
+    #[test]
+    fn outputs_are_created_with_ordinary_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        File::create(&plain).unwrap();
+        let atomic = dir.path().join("atomic");
+        write_atomic(&atomic, b"x").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&atomic), mode(&plain));
+    }
+
+    // Expected: the documented order of the variables (IDPATCH_HOME, XDG_CACHE_HOME, HOME),
+    // empty ones counting as unset.
+    #[test]
+    fn the_cache_root_follows_the_variables() {
+        let root = |vars: [&str; 3]| {
+            cache_root_from(|k| {
+                let i = ["IDPATCH_HOME", "XDG_CACHE_HOME", "HOME"]
+                    .iter()
+                    .position(|n| *n == k)?;
+                Some(OsString::from(vars[i]))
+            })
+        };
+        assert_eq!(root(["/i", "/x", "/h"]), Some(PathBuf::from("/i/cache")));
+        assert_eq!(root(["", "/x", "/h"]), Some(PathBuf::from("/x/idpatch")));
+        assert_eq!(
+            root(["", "", "/h"]),
+            Some(PathBuf::from("/h/.cache/idpatch"))
+        );
+        assert_eq!(root(["", "", ""]), None);
     }
 }

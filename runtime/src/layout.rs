@@ -4,7 +4,8 @@
 //! ```json
 //! {"width": 896, "height": 1152, "people": [
 //!   {"face": "alice.jpg", "keypoints": [[x, y, score], ... 17 entries]},
-//!   {"face": "bob.jpg", "position": [x, y], "face_keypoints": [[x, y], ... 5 entries]}
+//!   {"face": "bob.jpg", "position": [x, y], "face_keypoints": [[x, y], ... 5 entries]},
+//!   {"face": "team.jpg", "position": [x, y], "face_index": 2}
 //! ]}
 //! ```
 //!
@@ -12,7 +13,9 @@
 //! exactly one of `keypoints` (a pose: the skeleton is drawn and the patch goes on the nose) and
 //! `position` (pose-free: only the patch). `face` paths are relative to the layout file's folder.
 //! `face_keypoints` optionally gives the five face points (left eye, right eye, nose, mouth left,
-//! mouth right) in the face photo's pixels, skipping face detection.
+//! mouth right) in the face photo's pixels, skipping face detection. Without them, a photo that
+//! is not an aligned 112x112 crop has its face detected ([`crate::detect::people`]): the largest,
+//! or the one `face_index` names (0 = largest, as `idpatch faces` lists them).
 //!
 //! Coordinates are kept in single precision, as the reference's pose estimator produces them,
 //! and are checked in that precision: `position` and `keypoints` lie within two image widths
@@ -22,10 +25,16 @@
 //! 1000 (confidences in [0, 1], COCO's 0/1/2 visibility flags and -1 for missing all fit);
 //! `face_keypoints` are checked against the face photo once it is read
 //! ([`crate::pipeline::face_batch`]), here only to be at most [`MAX_FACE_COORDINATE`].
+//!
+//! The file is read by serde (unknown fields are refused, `deny_unknown_fields`) and errors name
+//! the field by its JSON path (`serde_path_to_error`): `layout people[1].keypoints[3]: ...`.
 
 use std::path::{Path, PathBuf};
 
-use serde_json::{Map, Value};
+// The root re-export carries both the trait and the derive macro (`serde::de`'s is the trait
+// alone).
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
 
 use crate::{Error, Result};
 
@@ -43,6 +52,8 @@ pub const MAX_LAYOUT_BYTES: u64 = 1 << 20;
 pub const COCO_KEYPOINTS: usize = 17;
 /// Face points per face (left eye, right eye, nose, mouth left, mouth right).
 pub const FACE_POINTS: usize = 5;
+/// Largest `face_index` accepted.
+pub const MAX_FACE_INDEX: u64 = 999;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
@@ -58,6 +69,8 @@ pub struct Person {
     pub face: Option<PathBuf>,
     pub placement: Placement,
     pub face_keypoints: Option<[[f32; 2]; FACE_POINTS]>,
+    /// Which detected face of the photo is this person's (0 = largest); `None`: the largest.
+    pub face_index: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,40 +112,44 @@ impl Layout {
         })
     }
 
-    /// Parses and validates layout JSON; `face` paths are resolved against `base_dir`.
+    /// Parses and validates layout JSON; `face` paths are resolved against `base_dir`. Errors
+    /// name the field by its path (`layout people[1].keypoints[3]: ...`).
     pub fn parse(text: &str, base_dir: &Path, require_faces: bool) -> Result<Layout> {
-        let value: Value = serde_json::from_str(text)
+        let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| Error::invalid_input("layout", format!("not valid JSON: {e}")))?;
-        let top = value
-            .as_object()
-            .ok_or_else(|| Error::invalid_input("layout", "expected a JSON object"))?;
-        reject_unknown(top, "layout", &["width", "height", "people"])?;
-        let width = side(top, "width")?;
-        let height = side(top, "height")?;
-        let people = top
-            .get("people")
-            .ok_or_else(|| Error::invalid_input("layout", "missing field `people`"))?
-            .as_array()
-            .ok_or_else(|| Error::invalid_input("layout people", "expected an array"))?;
-        if people.is_empty() {
+        let file: LayoutFile = serde_path_to_error::deserialize(value).map_err(|e| {
+            let reason = e.inner().to_string();
+            let segments: Vec<_> = e.path().iter().collect();
+            // An unknown field is a mistake of the object holding it: name that object, as
+            // the message already names the field.
+            let shown = if reason.starts_with("unknown field") {
+                &segments[..segments.len().saturating_sub(1)]
+            } else {
+                &segments[..]
+            };
+            Error::invalid_input(field_path(shown), reason)
+        })?;
+        let (width, height) = (file.width.0, file.height.0);
+        if file.people.is_empty() {
             return Err(Error::invalid_input(
                 "layout people",
                 "no people: at least 1 is needed",
             ));
         }
-        if people.len() > MAX_PEOPLE {
+        if file.people.len() > MAX_PEOPLE {
             return Err(Error::invalid_input(
                 "layout people",
                 format!(
                     "{} people, at most {MAX_PEOPLE} are supported",
-                    people.len()
+                    file.people.len()
                 ),
             ));
         }
-        let people = people
-            .iter()
+        let people = file
+            .people
+            .into_iter()
             .enumerate()
-            .map(|(i, p)| parse_person(p, i, base_dir, require_faces, [width, height]))
+            .map(|(i, p)| p.check(i, base_dir, require_faces, [width, height]))
             .collect::<Result<Vec<_>>>()?;
         Ok(Layout {
             width,
@@ -157,125 +174,292 @@ impl Layout {
     }
 }
 
-fn reject_unknown(object: &Map<String, Value>, name: &str, known: &[&str]) -> Result<()> {
-    match object.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(Error::invalid_input(
-            name,
-            format!(
-                "unknown field `{k}` (expected one of: {})",
-                known.join(", ")
-            ),
-        )),
-        None => Ok(()),
+/// `layout` followed by a serde path as `serde_path_to_error` writes it (`people[1].keypoints`).
+fn field_path(segments: &[&serde_path_to_error::Segment]) -> String {
+    let mut out = String::from("layout");
+    for (i, segment) in segments.iter().enumerate() {
+        let separator = match (i, segment) {
+            (_, serde_path_to_error::Segment::Seq { .. }) => "",
+            (0, _) => " ",
+            _ => ".",
+        };
+        out.push_str(separator);
+        out.push_str(&segment.to_string());
+    }
+    out
+}
+
+/// The file as written: field names, types and shapes (serde), before the checks that span
+/// fields (placement, bounds against the image size, face files).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LayoutFile {
+    width: Side,
+    height: Side,
+    people: Vec<PersonFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PersonFile {
+    #[serde(default)]
+    face: Option<FacePath>,
+    #[serde(default)]
+    keypoints: Option<Points<3, COCO_KEYPOINTS>>,
+    #[serde(default)]
+    position: Option<Point<2>>,
+    #[serde(default)]
+    face_keypoints: Option<Points<2, FACE_POINTS>>,
+    #[serde(default)]
+    face_index: Option<FaceIndex>,
+}
+
+impl PersonFile {
+    /// Exactly one placement, coordinates within bounds, and with `require_faces` a face photo
+    /// that exists.
+    fn check(
+        self,
+        index: usize,
+        base_dir: &Path,
+        require_faces: bool,
+        size: [u32; 2],
+    ) -> Result<Person> {
+        let name = format!("layout people[{index}]");
+        let face = self.face.map(|f| base_dir.join(f.0));
+        if require_faces {
+            match &face {
+                None => {
+                    return Err(Error::invalid_input(
+                        format!("{name}.face"),
+                        "missing: every person needs a face photo",
+                    ))
+                }
+                Some(path) => {
+                    if let Some(problem) = crate::fsutil::regular_file_problem(path) {
+                        return Err(Error::invalid_input(
+                            format!("{name}.face"),
+                            format!("{} {problem}", path.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        let placement = match (self.keypoints, self.position) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid_input(
+                    &name,
+                    "has both `keypoints` and `position`: give exactly one",
+                ))
+            }
+            (None, None) => {
+                return Err(Error::invalid_input(
+                    &name,
+                    "has neither `keypoints` nor `position`: give exactly one",
+                ))
+            }
+            (Some(k), None) => {
+                let bounds = Bounds::image(size).with_score();
+                Placement::Keypoints(k.within(&format!("{name}.keypoints"), &bounds)?)
+            }
+            (None, Some(p)) => {
+                let bounds = Bounds::image(size);
+                Placement::Position(p.within(&format!("{name}.position"), &bounds)?)
+            }
+        };
+        let face_keypoints = self
+            .face_keypoints
+            .map(|k| k.within(&format!("{name}.face_keypoints"), &Bounds::face()))
+            .transpose()?;
+        let face_index = self.face_index.map(|i| i.0);
+        if face_index.is_some() && face_keypoints.is_some() {
+            return Err(Error::invalid_input(
+                &name,
+                "has both `face_keypoints` and `face_index`: the keypoints skip detection, so give one",
+            ));
+        }
+        Ok(Person {
+            face,
+            placement,
+            face_keypoints,
+            face_index,
+        })
     }
 }
 
-fn side(top: &Map<String, Value>, key: &str) -> Result<u32> {
-    let name = format!("layout {key}");
-    let value = top
-        .get(key)
-        .ok_or_else(|| Error::invalid_input("layout", format!("missing field `{key}`")))?;
-    let n = value.as_u64().ok_or_else(|| {
-        Error::invalid_input(&name, format!("expected a positive integer, got {value}"))
-    })?;
-    if n == 0 || n % 8 != 0 {
-        return Err(Error::invalid_input(
-            &name,
-            format!("{n} is not a positive multiple of 8"),
-        ));
+/// A width or height: a positive multiple of 8, at most [`MAX_SIDE`].
+struct Side(u32);
+
+impl<'de> Deserialize<'de> for Side {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let n = value.as_u64().ok_or_else(|| {
+            de::Error::custom(format!("expected a positive integer, got {value}"))
+        })?;
+        if n == 0 || n % 8 != 0 {
+            return Err(de::Error::custom(format!(
+                "{n} is not a positive multiple of 8"
+            )));
+        }
+        if n > u64::from(MAX_SIDE) {
+            return Err(de::Error::custom(format!(
+                "{n} exceeds the maximum of {MAX_SIDE}"
+            )));
+        }
+        Ok(Side(n as u32))
     }
-    if n > MAX_SIDE as u64 {
-        return Err(Error::invalid_input(
-            &name,
-            format!("{n} exceeds the maximum of {MAX_SIDE}"),
-        ));
-    }
-    Ok(n as u32)
 }
 
-fn parse_person(
-    value: &Value,
-    index: usize,
-    base_dir: &Path,
-    require_faces: bool,
-    size: [u32; 2],
-) -> Result<Person> {
-    let name = format!("layout people[{index}]");
-    let object = value
-        .as_object()
-        .ok_or_else(|| Error::invalid_input(&name, "expected a JSON object"))?;
-    reject_unknown(
-        object,
-        &name,
-        &["face", "keypoints", "position", "face_keypoints"],
-    )?;
+/// A face photo path as written: a non-empty string.
+struct FacePath(String);
 
-    let face = match object.get("face") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(base_dir.join(s)),
-        Some(other) => {
-            return Err(Error::invalid_input(
-                format!("{name}.face"),
-                format!("expected a file path, got {other}"),
-            ))
-        }
-    };
-    if require_faces {
-        match &face {
-            None => {
-                return Err(Error::invalid_input(
-                    format!("{name}.face"),
-                    "missing: every person needs a face photo",
-                ))
-            }
-            Some(path) if !path.is_file() => {
-                return Err(Error::invalid_input(
-                    format!("{name}.face"),
-                    format!("{} does not exist", path.display()),
-                ))
-            }
-            Some(_) => {}
+impl<'de> Deserialize<'de> for FacePath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        match serde_json::Value::deserialize(deserializer)? {
+            serde_json::Value::String(s) if !s.is_empty() => Ok(FacePath(s)),
+            other => Err(de::Error::custom(format!(
+                "expected a file path, got {other}"
+            ))),
         }
     }
+}
 
-    let placement = match (object.get("keypoints"), object.get("position")) {
-        (Some(_), Some(_)) => {
-            return Err(Error::invalid_input(
-                &name,
-                "has both `keypoints` and `position`: give exactly one",
-            ))
-        }
-        (None, None) => {
-            return Err(Error::invalid_input(
-                &name,
-                "has neither `keypoints` nor `position`: give exactly one",
-            ))
-        }
-        (Some(k), None) => {
-            let bounds = Bounds::image(size).with_score();
-            let what = format!("{name}.keypoints");
-            let rows = points::<3>(k, &what, COCO_KEYPOINTS, "[x, y, score]", &bounds)?;
-            Placement::Keypoints(rows.try_into().expect("length checked"))
-        }
-        (None, Some(p)) => {
-            let what = format!("{name}.position");
-            Placement::Position(point::<2>(p, &what, "[x, y]", &Bounds::image(size))?)
-        }
-    };
+/// How a point of `N` numbers is written, for messages.
+fn point_form(n: usize) -> &'static str {
+    if n == 3 {
+        "[x, y, score]"
+    } else {
+        "[x, y]"
+    }
+}
 
-    let face_keypoints = match object.get("face_keypoints") {
-        None | Some(Value::Null) => None,
-        Some(v) => {
-            let what = format!("{name}.face_keypoints");
-            let rows = points::<2>(v, &what, FACE_POINTS, "[x, y]", &Bounds::face())?;
-            Some(rows.try_into().expect("length checked"))
+/// One point, `N` numbers, as read (f64; checked as f32 against the image in [`Point::within`]).
+struct Point<const N: usize>([f64; N]);
+
+impl<'de, const N: usize> Deserialize<'de> for Point<N> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Numbers<const N: usize>;
+        impl<'de, const N: usize> de::Visitor<'de> for Numbers<N> {
+            type Value = Point<N>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(point_form(N))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Point<N>, A::Error> {
+                let mut out = [0f64; N];
+                let mut count = 0;
+                while let Some(item) = seq.next_element::<serde_json::Value>()? {
+                    let v = item.as_f64().ok_or_else(|| {
+                        de::Error::custom(format!("expected numbers, got {item}"))
+                    })?;
+                    if let Some(slot) = out.get_mut(count) {
+                        *slot = v;
+                    }
+                    count += 1;
+                }
+                if count != N {
+                    return Err(de::Error::custom(format!(
+                        "expected {} ({N} numbers), got {count} entries",
+                        point_form(N)
+                    )));
+                }
+                Ok(Point(out))
+            }
         }
-    };
-    Ok(Person {
-        face,
-        placement,
-        face_keypoints,
-    })
+        deserializer.deserialize_seq(Numbers::<N>)
+    }
+}
+
+impl<const N: usize> Point<N> {
+    /// The point in f32, each number within `bounds`; `name` is how errors call it.
+    fn within(&self, name: &str, bounds: &Bounds) -> Result<[f32; N]> {
+        let mut out = [0f32; N];
+        for (i, (slot, &v)) in out.iter_mut().zip(&self.0).enumerate() {
+            // Checked as the f32 it is used as: 1e39 is a finite f64 but an infinite f32.
+            let v32 = v as f32;
+            let (lo, hi) = bounds.ranges[i];
+            if !v32.is_finite() || v32 < lo || v32 > hi {
+                return Err(Error::invalid_input(
+                    name,
+                    format!(
+                        "value {} is out of range [{lo}, {hi}] ({})",
+                        crate::error::shown(v),
+                        bounds.what[i]
+                    ),
+                ));
+            }
+            *slot = v32;
+        }
+        Ok(out)
+    }
+}
+
+/// Exactly `COUNT` points of `N` numbers.
+struct Points<const N: usize, const COUNT: usize>(Vec<Point<N>>);
+
+impl<'de, const N: usize, const COUNT: usize> Deserialize<'de> for Points<N, COUNT> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Rows<const N: usize, const COUNT: usize>;
+        impl<'de, const N: usize, const COUNT: usize> de::Visitor<'de> for Rows<N, COUNT> {
+            type Value = Points<N, COUNT>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "an array of {COUNT} {}", point_form(N))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut rows = Vec::with_capacity(COUNT);
+                while rows.len() < COUNT {
+                    match seq.next_element::<Point<N>>()? {
+                        Some(row) => rows.push(row),
+                        None => break,
+                    }
+                }
+                // Count, without keeping, any rows past the expected number.
+                let mut count = rows.len();
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    count += 1;
+                }
+                if count != COUNT {
+                    return Err(de::Error::custom(format!(
+                        "expected {COUNT} entries, got {count}"
+                    )));
+                }
+                Ok(Points(rows))
+            }
+        }
+        deserializer.deserialize_seq(Rows::<N, COUNT>)
+    }
+}
+
+impl<const N: usize, const COUNT: usize> Points<N, COUNT> {
+    /// Every point checked by [`Point::within`], named `name[i]`.
+    fn within(&self, name: &str, bounds: &Bounds) -> Result<[[f32; N]; COUNT]> {
+        let rows = self
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.within(&format!("{name}[{i}]"), bounds))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(rows.try_into().expect("COUNT rows were read"))
+    }
+}
+
+/// A `face_index`: a whole number from 0 to [`MAX_FACE_INDEX`].
+struct FaceIndex(usize);
+
+impl<'de> Deserialize<'de> for FaceIndex {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        match value.as_u64() {
+            Some(n) if n <= MAX_FACE_INDEX => Ok(FaceIndex(n as usize)),
+            _ => Err(de::Error::custom(format!(
+                "expected a whole number from 0 to {MAX_FACE_INDEX}, got {value}"
+            ))),
+        }
+    }
 }
 
 /// The closed range each number of a point may take: x, y, and the score when there is one.
@@ -315,67 +499,6 @@ impl Bounds {
     }
 }
 
-/// An array of `count` points of `N` numbers each, within `bounds`.
-fn points<const N: usize>(
-    value: &Value,
-    name: &str,
-    count: usize,
-    form: &str,
-    bounds: &Bounds,
-) -> Result<Vec<[f32; N]>> {
-    let rows = value.as_array().ok_or_else(|| {
-        Error::invalid_input(name, format!("expected an array of {count} {form}"))
-    })?;
-    if rows.len() != count {
-        return Err(Error::invalid_input(
-            name,
-            format!("expected {count} entries, got {}", rows.len()),
-        ));
-    }
-    rows.iter()
-        .enumerate()
-        .map(|(i, row)| point::<N>(row, &format!("{name}[{i}]"), form, bounds))
-        .collect()
-}
-
-fn point<const N: usize>(
-    value: &Value,
-    name: &str,
-    form: &str,
-    bounds: &Bounds,
-) -> Result<[f32; N]> {
-    let items = value
-        .as_array()
-        .ok_or_else(|| Error::invalid_input(name, format!("expected {form}, got {value}")))?;
-    if items.len() != N {
-        return Err(Error::invalid_input(
-            name,
-            format!("expected {form} ({N} numbers), got {} entries", items.len()),
-        ));
-    }
-    let mut out = [0f32; N];
-    for (i, (slot, item)) in out.iter_mut().zip(items).enumerate() {
-        let v = item
-            .as_f64()
-            .ok_or_else(|| Error::invalid_input(name, format!("expected numbers, got {item}")))?;
-        // Checked as the f32 it is used as: 1e39 is a finite f64 but an infinite f32.
-        let v32 = v as f32;
-        let (lo, hi) = bounds.ranges[i];
-        if !v32.is_finite() || v32 < lo || v32 > hi {
-            return Err(Error::invalid_input(
-                name,
-                format!(
-                    "value {} is out of range [{lo}, {hi}] ({})",
-                    crate::error::shown(v),
-                    bounds.what[i]
-                ),
-            ));
-        }
-        *slot = v32;
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,7 +520,8 @@ mod tests {
             r#"{{"width": 64, "height": 128, "people": [
                 {{"face": "a.jpg", "keypoints": [{kps}]}},
                 {{"face": "sub/b.png", "position": [10, 20.25],
-                  "face_keypoints": [[1,2],[3,4],[5,6],[7,8],[9,10]]}}]}}"#
+                  "face_keypoints": [[1,2],[3,4],[5,6],[7,8],[9,10]]}},
+                {{"face": "c.jpg", "position": [5, 6], "face_index": 3}}]}}"#
         );
         let layout = Layout::parse(&text, Path::new("/base"), false).unwrap();
         assert_eq!((layout.width, layout.height), (64, 128));
@@ -408,6 +532,8 @@ mod tests {
         assert_eq!(layout.people[0].centre(), [1.5, 2.5]);
         assert_eq!(layout.people[1].centre(), [10.0, 20.25]);
         assert_eq!(layout.people[1].face_keypoints.unwrap()[4], [9.0, 10.0]);
+        assert_eq!(layout.people[1].face_index, None);
+        assert_eq!(layout.people[2].face_index, Some(3));
         assert!(!layout.is_pose_free());
     }
 
@@ -420,7 +546,9 @@ mod tests {
                 "layout people[1].keypoints: expected 17 entries, got 16",
             ),
             (
-                person_with(r#""position": [1, 2], "keypoints": []"#),
+                person_with(&format!(
+                    r#""position": [1, 2], "keypoints": [[0, 0, 1], {short}]"#
+                )),
                 "layout people[1]: has both",
             ),
             (
@@ -464,6 +592,20 @@ mod tests {
             (
                 person_with(r#""position": [1, 2], "face": 3"#),
                 "layout people[1].face: expected a file path",
+            ),
+            (
+                person_with(r#""position": [1, 2], "face_index": -1"#),
+                "layout people[1].face_index: expected a whole number from 0 to 999, got -1",
+            ),
+            (
+                person_with(r#""position": [1, 2], "face_index": 1.5"#),
+                "layout people[1].face_index: expected a whole number",
+            ),
+            (
+                person_with(
+                    r#""position": [1, 2], "face_index": 0, "face_keypoints": [[1,2],[3,4],[5,6],[7,8],[9,10]]"#,
+                ),
+                "layout people[1]: has both `face_keypoints` and `face_index`",
             ),
             (
                 r#"{"width": 60, "height": 64, "people": [{"position": [1, 2]}]}"#.into(),

@@ -10,19 +10,22 @@ use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub use crate::checksum::sha256_file;
-use crate::checksum::{hex, is_sha256, ChecksumCache};
+use crate::checksum::{is_sha256, sha256_hex, ChecksumCache};
 use crate::scheduler::SchedulerConfig;
 use crate::tensor::DType;
 use crate::{Error, Result};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
-/// Format 2 added the tokenizer files' sha256 (`vocab_sha256`, `merges_sha256`).
-pub const FORMAT_VERSION: u32 = 2;
+/// Largest `manifest.json` read, in bytes (a full set's is about 30 KB).
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+/// Format 3 lists one `tokenizer.json` per tokenizer (`file`, `sha256`); format 2 listed CLIP's
+/// `vocab.json` and `merges.txt` with a pad id, and is refused.
+pub const FORMAT_VERSION: u32 = 3;
 
-/// The graphs of an ID-Patch set, in pipeline order.
+/// The graphs of an ID-Patch set, in pipeline order, then the face detector's three networks
+/// (MTCNN's P-Net, R-Net and O-Net, see [`crate::detect`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
     TextEncoder,
@@ -33,10 +36,13 @@ pub enum Role {
     Controlnet,
     Unet,
     VaeDecoder,
+    FaceDetectorPnet,
+    FaceDetectorRnet,
+    FaceDetectorOnet,
 }
 
 impl Role {
-    pub const ALL: [Role; 8] = [
+    pub const ALL: [Role; 11] = [
         Role::TextEncoder,
         Role::TextEncoder2,
         Role::Arcface,
@@ -45,6 +51,9 @@ impl Role {
         Role::Controlnet,
         Role::Unet,
         Role::VaeDecoder,
+        Role::FaceDetectorPnet,
+        Role::FaceDetectorRnet,
+        Role::FaceDetectorOnet,
     ];
 
     pub fn name(self) -> &'static str {
@@ -57,6 +66,9 @@ impl Role {
             Role::Controlnet => "controlnet",
             Role::Unet => "unet",
             Role::VaeDecoder => "vae_decoder",
+            Role::FaceDetectorPnet => "face_detector_pnet",
+            Role::FaceDetectorRnet => "face_detector_rnet",
+            Role::FaceDetectorOnet => "face_detector_onet",
         }
     }
 
@@ -126,6 +138,7 @@ impl TensorSpec {
     }
 }
 
+/// A file of the set (relative to its directory) and the sha256 of its bytes (64 hex digits).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileEntry {
     pub file: String,
@@ -152,29 +165,7 @@ pub struct GraphEntry {
     pub fused_ops: Option<BTreeMap<String, u64>>,
 }
 
-/// The files of one CLIP tokenizer, relative to the set directory, with their sha256.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenizerFiles {
-    pub vocab: String,
-    pub vocab_sha256: String,
-    pub merges: String,
-    pub merges_sha256: String,
-    pub pad_token_id: i64,
-}
-
-impl TokenizerFiles {
-    /// `(key, file, sha256)` of the vocabulary and the merges.
-    pub fn files(&self) -> [(&'static str, &str, &str); 2] {
-        [
-            ("vocab", &self.vocab, &self.vocab_sha256),
-            ("merges", &self.merges, &self.merges_sha256),
-        ]
-    }
-}
-
-/// The tokenizers a set must list, in the order the pipeline uses them.
-pub const TOKENIZERS: [&str; 2] = ["tokenizer", "tokenizer_2"];
+pub use crate::tokenizer::{TokenizerSection, TOKENIZERS};
 
 /// Sizes the Rust side of the pipeline needs to know about a set. [`SetConfig::check`] bounds
 /// every value when a set is opened.
@@ -303,7 +294,8 @@ pub struct Manifest {
     #[serde(default)]
     pub source: serde_json::Value,
     pub config: SetConfig,
-    pub tokenizers: BTreeMap<String, TokenizerFiles>,
+    /// One `tokenizer.json` per SDXL tokenizer ([`check_tokenizer_section`]).
+    pub tokenizers: TokenizerSection,
     /// A diffusers `scheduler_config.json` object.
     pub scheduler: serde_json::Value,
     pub graphs: BTreeMap<String, GraphEntry>,
@@ -379,12 +371,7 @@ impl ModelSet {
                 files.push((what.clone(), data.file.as_str(), data.sha256.as_str()));
             }
         }
-        for name in TOKENIZERS {
-            let tokenizer = &set.manifest.tokenizers[name];
-            for (_, file, sha) in tokenizer.files() {
-                files.push((format!("tokenizers.{name}"), file, sha));
-            }
-        }
+        files.extend(tokenizer_files(&set.manifest.tokenizers));
         verify_files(&set.dir, &files, checksums, cache).map_err(|r| set.error(r))?;
         Ok(set)
     }
@@ -403,23 +390,10 @@ impl ModelSet {
         for role in Role::ALL {
             check_graph_entry(role, self.entry(role)?, base).map_err(|r| self.error(r))?;
         }
-        if let Some(name) = m
-            .tokenizers
-            .keys()
-            .find(|n| !TOKENIZERS.contains(&n.as_str()))
-        {
-            return Err(self.error(format!(
-                "unknown tokenizer {name:?} (a set lists {})",
-                TOKENIZERS.join(" and ")
-            )));
-        }
-        for name in TOKENIZERS {
-            let files = m.tokenizers.get(name).ok_or_else(|| {
-                self.error(format!("{MANIFEST_FILE} has no tokenizers.{name} section"))
-            })?;
-            check_tokenizer_entry(name, files, base).map_err(|r| self.error(r))?;
-        }
+        check_tokenizer_section(&m.tokenizers, base).map_err(|r| self.error(r))?;
         m.config.check().map_err(|r| self.error(r))?;
+        crate::config_dims::check(&m.config, |role| m.graphs.get(role.name()))
+            .map_err(|r| self.error(r))?;
         let scheduler = m
             .scheduler
             .as_object()
@@ -453,8 +427,8 @@ impl ModelSet {
     /// One sha256 naming everything in the set that shapes an output, as the manifest lists it
     /// (the `model_set_digest` PNG chunk): the digest of the lines
     /// - `<role> <file> <sha256>` for each graph file and external data file, in pipeline order;
-    /// - `<tokenizer> vocab <file> <sha256>`, `<tokenizer> merges <file> <sha256>` and
-    ///   `<tokenizer> pad_token_id <id>` for `tokenizer`, then `tokenizer_2`;
+    /// - `<tokenizer> <file> <sha256>` for `tokenizer`, then `tokenizer_2` (the tokenizer.json
+    ///   holds the vocabulary, the merges and the padding);
     /// - `config <JSON>` and `scheduler <JSON>`, the two sections in canonical JSON
     ///   ([`canonical_json`]; `config` with the default `latent_multiple` filled in),
     ///
@@ -471,19 +445,17 @@ impl ModelSet {
             }
         }
         for name in TOKENIZERS {
-            let tokenizer = self.manifest.tokenizers.get(name).ok_or_else(|| {
-                self.error(format!("{MANIFEST_FILE} has no tokenizers.{name} section"))
+            let entry = self.manifest.tokenizers.get(name).ok_or_else(|| {
+                self.error(format!("{MANIFEST_FILE} has no tokenizers.{name} entry"))
             })?;
-            for (key, file, sha) in tokenizer.files() {
-                lines += &format!("{name} {key} {file} {}\n", sha.to_ascii_lowercase());
-            }
-            lines += &format!("{name} pad_token_id {}\n", tokenizer.pad_token_id);
+            let (file, sha) = (&entry.file, entry.sha256.to_ascii_lowercase());
+            lines += &format!("{name} {file} {sha}\n");
         }
         let config = serde_json::to_value(&self.manifest.config)
             .map_err(|e| self.error(format!("config: {e}")))?;
         lines += &format!("config {}\n", canonical_json(&config));
         lines += &format!("scheduler {}\n", canonical_json(&self.manifest.scheduler));
-        Ok(hex(&Sha256::digest(lines.as_bytes())))
+        Ok(sha256_hex(lines.as_bytes()))
     }
 
     pub fn error(&self, reason: impl Into<String>) -> Error {
@@ -498,7 +470,7 @@ fn read_manifest(dir: &Path) -> Result<serde_json::Value> {
         return Err(Error::model_set(&set_name, "directory does not exist"));
     }
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path)
+    let text = crate::fsutil::read_text_limited(&path, MAX_MANIFEST_BYTES, "manifest")
         .map_err(|e| Error::model_set(&set_name, format!("cannot read {MANIFEST_FILE}: {e}")))?;
     let raw: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::model_set(&set_name, format!("{MANIFEST_FILE} is malformed: {e}")))?;
@@ -532,24 +504,21 @@ fn check_format(dir: &Path, raw: &serde_json::Value, required: bool) -> Result<(
     Ok(())
 }
 
-/// The `tokenizers` section of the manifest in `dir`, checked and verified like
-/// [`ModelSet::open_with_cache`] does, without requiring the rest of a set: what
-/// `idpatch tokenize` reads. `Ok(None)` when `dir` has no manifest or the manifest no
-/// `tokenizers` section.
+/// The `tokenizers` section of the manifest in `dir`, parsed, checked and verified as
+/// [`ModelSet::open_with_cache`] does it, without requiring the rest of a set: what
+/// `idpatch tokenize` reads. The manifest must exist and have the section; a `format`, when
+/// given, must be this build's.
 pub fn open_tokenizers(
     dir: &Path,
     checksums: Checksums,
     cache: &ChecksumCache,
-) -> Result<Option<BTreeMap<String, TokenizerFiles>>> {
-    if !dir.join(MANIFEST_FILE).exists() {
-        return Ok(None);
-    }
+) -> Result<TokenizerSection> {
     let raw = read_manifest(dir)?;
     check_format(dir, &raw, false)?;
     let set_error = |reason: String| Error::model_set(dir.display().to_string(), reason);
-    let Some(section) = raw.get("tokenizers") else {
-        return Ok(None);
-    };
+    let section = raw
+        .get("tokenizers")
+        .ok_or_else(|| set_error(format!("{MANIFEST_FILE} has no tokenizers section")))?;
     let base = match raw.get("base") {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(b)) => Some(b.as_str()),
@@ -562,21 +531,54 @@ pub fn open_tokenizers(
     if let Some(base) = base {
         check_base(dir, base).map_err(set_error)?;
     }
-    let tokenizers: BTreeMap<String, TokenizerFiles> =
-        serde_path_to_error::deserialize(section.clone())
-            .map_err(|e| set_error(format!("{MANIFEST_FILE} is malformed: tokenizers.{e}")))?;
-    let mut files = Vec::new();
-    for name in TOKENIZERS {
-        let entry = tokenizers.get(name).ok_or_else(|| {
-            set_error(format!("{MANIFEST_FILE} has no tokenizers.{name} section"))
-        })?;
-        check_tokenizer_entry(name, entry, base).map_err(set_error)?;
-        for (_, file, sha) in entry.files() {
-            files.push((format!("tokenizers.{name}"), file, sha));
-        }
+    let tokenizers: TokenizerSection = serde_path_to_error::deserialize(section)
+        .map_err(|e| set_error(format!("{MANIFEST_FILE} is malformed: tokenizers.{e}")))?;
+    check_tokenizer_section(&tokenizers, base).map_err(set_error)?;
+    verify_files(dir, &tokenizer_files(&tokenizers), checksums, cache).map_err(set_error)?;
+    Ok(tokenizers)
+}
+
+/// The tokenizers section lists exactly `tokenizer` and `tokenizer_2`, each a file inside the
+/// set (or, with a `base`, inside `../<base>/`) with a sha256. Errors name the entry
+/// (`tokenizers.tokenizer_2: file ...`).
+pub fn check_tokenizer_section(
+    section: &TokenizerSection,
+    base: Option<&str>,
+) -> std::result::Result<(), String> {
+    if let Some(name) = section.keys().find(|n| !TOKENIZERS.contains(&n.as_str())) {
+        return Err(format!(
+            "unknown tokenizer {name:?} (a set lists {})",
+            TOKENIZERS.join(" and ")
+        ));
     }
-    verify_files(dir, &files, checksums, cache).map_err(set_error)?;
-    Ok(Some(tokenizers))
+    for name in TOKENIZERS {
+        let entry = section
+            .get(name)
+            .ok_or_else(|| format!("{MANIFEST_FILE} has no tokenizers.{name} entry"))?;
+        check_file_entry(
+            &format!("tokenizers.{name}"),
+            "file",
+            &entry.file,
+            &entry.sha256,
+            base,
+        )?;
+    }
+    Ok(())
+}
+
+/// `(what, file, sha256)` of each tokenizer file, for [`verify_files`].
+fn tokenizer_files(section: &TokenizerSection) -> Vec<(String, &str, &str)> {
+    TOKENIZERS
+        .iter()
+        .filter_map(|name| section.get(*name).map(|e| (name, e)))
+        .map(|(name, e)| {
+            (
+                format!("tokenizers.{name}"),
+                e.file.as_str(),
+                e.sha256.as_str(),
+            )
+        })
+        .collect()
 }
 
 /// Paths and sha256 strings of one graph entry; IO names must be file-name safe where goldens
@@ -602,18 +604,6 @@ fn check_graph_entry(
                 ));
             }
         }
-    }
-    Ok(())
-}
-
-fn check_tokenizer_entry(
-    name: &str,
-    files: &TokenizerFiles,
-    base: Option<&str>,
-) -> std::result::Result<(), String> {
-    let what = format!("tokenizers.{name}");
-    for (key, file, sha) in files.files() {
-        check_file_entry(&what, key, file, sha, base)?;
     }
     Ok(())
 }
@@ -711,8 +701,12 @@ fn verify_files(
     cache: &ChecksumCache,
 ) -> std::result::Result<(), String> {
     for (what, file, _) in files {
-        if !dir.join(file).is_file() {
-            return Err(format!("{what}: file {file} is missing"));
+        match crate::fsutil::regular_file_problem(&dir.join(file)) {
+            Some(problem) if problem == "does not exist" => {
+                return Err(format!("{what}: file {file} is missing"))
+            }
+            Some(problem) => return Err(format!("{what}: file {file} {problem}")),
+            None => {}
         }
     }
     if checksums == Checksums::Skip {

@@ -27,12 +27,21 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-struct SplitMix64 {
+/// SplitMix64 (Steele, Lea & Flood 2014): each output is `mix(state += 0x9E3779B97F4A7C15)`.
+/// The one generator of idpatch: the seeded noise below, and the made-up inputs of `bench`.
+#[derive(Debug, Clone)]
+pub struct SplitMix64 {
     state: u64,
 }
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    /// A generator whose first output is `mix(state + 0x9E3779B97F4A7C15)`.
+    pub fn new(state: u64) -> Self {
+        SplitMix64 { state }
+    }
+
+    /// The next 64 uniformly distributed bits.
+    pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(GOLDEN_GAMMA);
         mix(self.state)
     }
@@ -73,14 +82,12 @@ impl NoiseGenerator {
 
     /// `count` standard normal values of `stream`.
     pub fn normal(&self, stream: Stream, count: usize) -> Vec<f32> {
-        let mut rng = SplitMix64 {
-            state: mix(self.seed) ^ mix(stream.id().wrapping_add(GOLDEN_GAMMA)),
-        };
+        let mut rng = SplitMix64::new(mix(self.seed) ^ mix(stream.id().wrapping_add(GOLDEN_GAMMA)));
         let scale = 1.0 / (1u64 << 53) as f64;
         let mut out = Vec::with_capacity(count + 1);
         while out.len() < count {
-            let u1 = ((rng.next() >> 11) + 1) as f64 * scale;
-            let u2 = (rng.next() >> 11) as f64 * scale;
+            let u1 = ((rng.next_u64() >> 11) + 1) as f64 * scale;
+            let u2 = (rng.next_u64() >> 11) as f64 * scale;
             let r = (-2.0 * u1.ln()).sqrt();
             let (sin, cos) = (std::f64::consts::TAU * u2).sin_cos();
             out.push((r * cos) as f32);
@@ -108,6 +115,20 @@ mod tests {
             0 => Stream::InitialLatents,
             k => Stream::AncestralStep(k as usize - 1),
         }
+    }
+
+    // Expected: the first outputs of Vigna's reference splitmix64.c from x = 0, as CPython
+    // gives them: m = 2**64 - 1; s = (s + 0x9E3779B97F4A7C15) & m; z = s;
+    // z = ((z ^ z >> 30) * 0xBF58476D1CE4E5B9) & m; z = ((z ^ z >> 27) * 0x94D049BB133111EB) & m;
+    // z ^ z >> 31.
+    #[test]
+    fn splitmix64_matches_the_reference_generator() {
+        let mut rng = SplitMix64::new(0);
+        let got: Vec<u64> = (0..3).map(|_| rng.next_u64()).collect();
+        assert_eq!(
+            got,
+            [0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4, 0x06c45d188009454f]
+        );
     }
 
     fn bits(values: &[f32]) -> Vec<u32> {

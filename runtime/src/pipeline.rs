@@ -1,30 +1,38 @@
-//! The end-to-end ID-Patch pipeline: faces and a layout in, a group photo out.
+//! The end-to-end ID-Patch pipeline: faces and a layout in, a group photo out, in four stages
+//! that a caller can run one by one (a server schedules them on different threads) or together
+//! with [`generate`]. Each takes what the previous one produced:
 //!
-//! Stages, in order:
-//! 1. Faces: each person's photo, aligned on its five `face_keypoints` (or used as is when it is
-//!    already an aligned 112x112 crop), becomes an ArcFace input.
-//! 2. ID: ArcFace (all faces in one batch) gives the (F, 1, 512) embeddings; `patch_proj` turns
-//!    them into ID patches, `prompt_proj` into ID tokens; the unconditional ID tokens are
-//!    `prompt_proj` of zeros.
-//! 3. Condition: pose skeleton plus ID patches ([`crate::condition`]).
-//! 4. Text: both tokenizers and encoders for the prompt and the negative prompt (the prompt
-//!    alone without guidance); the sequence is the two hidden states side by side, the pooled
-//!    embedding is encoder 2's ([`crate::stages`]).
-//! 5. Denoising ([`crate::denoise`]): classifier-free guidance on the batch `[uncond, cond]` when
-//!    `guidance > 1`, the conditional half alone otherwise (diffusers'
-//!    `do_classifier_free_guidance`); the ID tokens spliced in per the injection schedule
-//!    ([`crate::splice`]); the ControlNet inside its control guidance window, its residuals
-//!    going straight to the UNet's inputs as backend values; constant inputs uploaded once.
-//! 6. VAE decode, `(x / 2 + 0.5).clamp(0, 1)`, 8-bit RGB.
+//! 1. [`prepare`] (no graph; cheap, and everything a user can get wrong is checked here): the
+//!    parameters and layout checks, each person's face photo decoded and aligned on its five
+//!    `face_keypoints` (or used as is when it is already an aligned 112x112 crop) into the
+//!    ArcFace batch, both tokenizers on the prompt and the negative prompt, the scheduler and
+//!    the initial noise. Gives a [`Job`]. Photos without keypoints get them from face detection
+//!    first ([`crate::detect::people::resolve_faces`], then [`prepare_with_faces`] on the decoded
+//!    photos, as `idpatch generate` does).
+//! 2. [`encode`] (graphs): both text encoders (the prompt alone without guidance), the hidden
+//!    states side by side and encoder 2's pooled embedding; ArcFace on all faces at once, the ID
+//!    patches (`patch_proj`) and ID tokens (`prompt_proj`; the unconditional ones are
+//!    `prompt_proj` of zeros); the condition image (pose skeleton plus ID patches,
+//!    [`crate::condition`]) and the encoder states with the ID tokens spliced in
+//!    ([`crate::splice`]). Gives an [`Encoded`].
+//! 3. [`denoise`] (graphs; the loop, [`crate::denoise`]): classifier-free guidance on the batch
+//!    `[uncond, cond]` when `guidance > 1`, the conditional half alone otherwise (diffusers'
+//!    `do_classifier_free_guidance`); the encoder states switch to the spliced ones per the ID
+//!    injection schedule; the ControlNet runs inside its control guidance window, its residuals
+//!    going straight to the UNet's inputs as backend values; constant inputs are uploaded once.
+//!    A callback sees every step and can stop the loop between steps. Gives a [`Denoised`].
+//! 4. [`decode`] (graph): VAE decode, `(x / 2 + 0.5).clamp(0, 1)`, 8-bit RGB. Gives a
+//!    [`Generated`]; its PNG is [`crate::image_io::encode_png`] with the caller's text chunks.
 //!
-//! [`prepare`] does everything that can fail on user input (and is cheap) before any graph is
-//! loaded; [`Models::load`] loads the graphs; [`generate`] runs them.
+//! [`Models::load`] loads the graphs once; any number of jobs then run on them. The same inputs
+//! and seed give bit-identical results however the stages are called.
 
-use std::time::{Duration, Instant};
+use std::ops::ControlFlow;
+use std::time::Instant;
 
-use crate::backend::{load_checked, Backend, Graph, Value};
-use crate::condition::{self, ConditionOptions};
-use crate::denoise::{self, DenoiserInputs, GenerationTraffic};
+use ndarray::ArrayView3;
+
+use crate::backend::{load_checked, Backend, Graph};
 use crate::face;
 use crate::image_io::{self, Rgb8};
 use crate::layout::Layout;
@@ -33,10 +41,14 @@ use crate::manifest::{ModelSet, Role, SetConfig};
 use crate::noise::{NoiseGenerator, Stream};
 use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
 use crate::splice;
-use crate::stages::{decode, encode_ids, encode_prompts};
 use crate::tensor::DType;
-use crate::tokenizer::{ClipTokenizer, Encoding};
+use crate::tokenizer::Encoding;
+pub use crate::tokenizer::Tokenizers;
 use crate::{Error, Result, Tensor};
+
+pub use crate::denoise::{denoise, Denoised, GenerationTraffic, StepProgress};
+pub use crate::stages::{decode, encode, id_embeddings, id_patches, id_tokens, run_host, Encoded};
+pub use crate::timings::Timings;
 
 /// Most denoising steps accepted (the training schedule has 1000 timesteps).
 pub const MAX_STEPS: usize = 1000;
@@ -140,169 +152,66 @@ impl Params {
     }
 }
 
-/// Wall time of each stage. Graph stages include the backend's plan building on first use.
-#[derive(Debug, Clone, Default)]
-pub struct Timings {
-    /// Reading face photos, alignment, ArcFace input (Rust).
-    pub faces: Duration,
-    /// Both tokenizers on both prompts (Rust).
-    pub tokenize: Duration,
-    /// Loading every graph.
-    pub load_graphs: Duration,
-    /// Both text encoders.
-    pub text_encoders: Duration,
-    /// ArcFace, patch_proj and prompt_proj (both calls).
-    pub id_graphs: Duration,
-    /// Skeleton, patch compositing and token splicing (Rust).
-    pub condition: Duration,
-    /// ControlNet over the whole loop.
-    pub controlnet: Duration,
-    /// UNet over the whole loop, with the uploads of the denoiser inputs (constants once per
-    /// generation, `sample` and `timestep` per step).
-    pub unet: Duration,
-    /// Part of `controlnet` + `unet`: their first run at each sequence length, which includes a
-    /// backend's per-shape preparation (tract optimises a plan for each new input shape).
-    pub first_runs: Duration,
-    /// Initial noise, model-input scaling, CFG and scheduler steps (Rust).
-    pub scheduler: Duration,
-    pub vae_decode: Duration,
-    /// Float image to 8-bit RGB (Rust).
-    pub to_rgb: Duration,
-    /// ControlNet calls, and steps the control guidance window skipped.
-    pub controlnet_calls: usize,
-    pub controlnet_skipped: usize,
-    /// Median ControlNet call after its first run per sequence length (None without one).
-    pub controlnet_call: Option<Duration>,
-}
-
-impl Timings {
-    /// Time spent in code this crate owns (everything but graph loading and graph runs).
-    pub fn rust_owned(&self) -> Duration {
-        self.faces + self.tokenize + self.condition + self.scheduler + self.to_rgb
-    }
-
-    /// ControlNet time the control guidance window saved: skipped steps times the median call
-    /// (None when no step was skipped or no call was timed after its first run).
-    pub fn controlnet_saved(&self) -> Option<Duration> {
-        let skipped = u32::try_from(self.controlnet_skipped)
-            .ok()
-            .filter(|n| *n > 0)?;
-        self.controlnet_call.map(|call| call * skipped)
-    }
-
-    /// Every stage summed.
-    pub fn stages(&self) -> Duration {
-        self.rust_owned()
-            + self.load_graphs
-            + self.text_encoders
-            + self.id_graphs
-            + self.controlnet
-            + self.unet
-            + self.vae_decode
-    }
-
-    /// One line per stage (name, seconds, percentage of `total`), then the Rust-owned share.
-    pub fn summary(&self, total: Duration) -> String {
-        let rows = [
-            ("faces (decode, align)", self.faces),
-            ("tokenize", self.tokenize),
-            ("load graphs", self.load_graphs),
-            ("text encoders", self.text_encoders),
-            ("arcface + projections", self.id_graphs),
-            ("condition + splicing", self.condition),
-            ("controlnet (all steps)", self.controlnet),
-            ("unet (all steps)", self.unet),
-            ("  of which first run/shape", self.first_runs),
-            ("scheduler + CFG", self.scheduler),
-            ("vae decode", self.vae_decode),
-            ("to RGB8", self.to_rgb),
-        ];
-        let total_s = total.as_secs_f64().max(f64::MIN_POSITIVE);
-        let mut out = String::from("stage                          seconds      share\n");
-        for (name, d) in rows {
-            out.push_str(&format!(
-                "{name:<28} {:>10.4} {:>9.1}%\n",
-                d.as_secs_f64(),
-                100.0 * d.as_secs_f64() / total_s
-            ));
-        }
-        let other = total.saturating_sub(self.stages());
-        out.push_str(&format!(
-            "{:<28} {:>10.4} {:>9.1}%\n",
-            "other (I/O, setup)",
-            other.as_secs_f64(),
-            100.0 * other.as_secs_f64() / total_s
-        ));
-        out.push_str(&format!("{:<28} {:>10.4}\n", "total", total.as_secs_f64()));
-        if self.controlnet_skipped > 0 {
-            let steps = self.controlnet_skipped + self.controlnet_calls;
-            out.push_str(&format!(
-                "controlnet skipped on {} of {steps} steps (control guidance window): {}\n",
-                self.controlnet_skipped,
-                match (self.controlnet_saved(), self.controlnet_call) {
-                    (Some(saved), Some(call)) => format!(
-                        "about {:.4} s saved at {:.3} ms per call",
-                        saved.as_secs_f64(),
-                        call.as_secs_f64() * 1e3
-                    ),
-                    _ => "no call after its first run to measure the saving by".into(),
-                }
-            ));
-        }
-        out.push_str(&format!(
-            "Rust-owned (faces, tokenize, condition, scheduler + CFG, to RGB8): {:.4} s, {:.2}% of total",
-            self.rust_owned().as_secs_f64(),
-            100.0 * self.rust_owned().as_secs_f64() / total_s
-        ));
-        out
-    }
-}
-
 /// ArcFace inputs (F, 3, 112, 112) of every person's face photo, in people order. A person
 /// without `face_keypoints` must give an already aligned 112x112 crop.
 pub fn face_batch(layout: &Layout) -> Result<Tensor> {
     face_batch_with(layout, None)
 }
 
+/// Every person's face photo, decoded, in people order; errors name the person.
+pub fn load_face_images(layout: &Layout) -> Result<Vec<Rgb8>> {
+    (0..layout.people.len())
+        .map(|i| load_face_image(layout, i))
+        .collect()
+}
+
+fn load_face_image(layout: &Layout, i: usize) -> Result<Rgb8> {
+    let name = format!("layout people[{i}].face");
+    let path = layout.people[i]
+        .face
+        .as_ref()
+        .ok_or_else(|| Error::invalid_input(&name, "missing: every person needs a face photo"))?;
+    image_io::load_rgb8(path).map_err(|e| match e {
+        Error::Io { .. } => Error::invalid_input(&name, e.to_string()),
+        Error::InvalidInput { reason, .. } => {
+            Error::invalid_input(&name, format!("{}: {reason}", path.display()))
+        }
+        other => other,
+    })
+}
+
 /// [`face_batch`], with the face images given in people order instead of read from the layout's
 /// `face` paths when `images` is `Some`.
-fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
+pub fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
     let size = face::ARCFACE_SIZE;
     if let Some(images) = images {
-        if images.len() != layout.people.len() {
-            return Err(Error::invalid_input(
-                "layout people",
-                format!(
-                    "{} people but {} face images",
-                    layout.people.len(),
-                    images.len()
-                ),
-            ));
-        }
+        crate::detect::people::check_count(layout, images)?;
     }
-    let mut data = Vec::with_capacity(layout.people.len() * 3 * size * size);
+    let mut inputs = Vec::with_capacity(layout.people.len());
     for (i, person) in layout.people.iter().enumerate() {
         let name = format!("layout people[{i}].face");
         let loaded;
         let (img, source) = match images {
             Some(images) => (&images[i], format!("face image {i}")),
             None => {
-                let path = person.face.as_ref().ok_or_else(|| {
-                    Error::invalid_input(&name, "missing: every person needs a face photo")
-                })?;
-                loaded = image_io::load_rgb8(path).map_err(|e| match e {
-                    Error::Io { .. } => Error::invalid_input(&name, e.to_string()),
-                    Error::InvalidInput { reason, .. } => {
-                        Error::invalid_input(&name, format!("{}: {reason}", path.display()))
-                    }
-                    other => other,
-                })?;
+                loaded = load_face_image(layout, i)?;
+                let path = person.face.as_ref().expect("loaded from its path");
                 (&loaded, path.display().to_string())
             }
         };
         let keypoints = person
             .face_keypoints
             .map(|k| k.map(|[x, y]| [f64::from(x), f64::from(y)]));
+        if keypoints.is_none() && person.face_index.is_some() {
+            return Err(Error::invalid_input(
+                &name,
+                format!(
+                    "people[{i}] names face_index {} of {source}, but its face was not detected \
+                     (detect::people::resolve_faces does it)",
+                    person.face_index.unwrap_or(0)
+                ),
+            ));
+        }
         if let Some(points) = &keypoints {
             limits::check_face_points(points, img, i)?;
         }
@@ -310,52 +219,26 @@ fn face_batch_with(layout: &Layout, images: Option<&[Rgb8]>) -> Result<Tensor> {
             return Err(Error::invalid_input(
                 &name,
                 format!(
-                    "{source} is {}x{} and people[{i}] has no `face_keypoints`: give the five face \
-                     points (left eye, right eye, nose, mouth left, mouth right; [x, y] in the \
-                     photo's pixels) as `face_keypoints` in the layout, or use an aligned \
-                     {size}x{size} ArcFace crop",
+                    "{source} is {}x{} and people[{i}] has no `face_keypoints`: detect the face \
+                     first (detect::people::resolve_faces, as `idpatch generate` does), give the \
+                     five face points as `face_keypoints`, or use an aligned {size}x{size} \
+                     ArcFace crop",
                     img.width(),
                     img.height()
                 ),
             ));
         }
         let what = format!("layout people[{i}].face_keypoints");
-        let input = face::arcface_input(img, keypoints.as_ref(), &what)?;
-        let input = input
-            .as_f32()
-            .ok_or_else(|| Error::invalid_input(&name, "the ArcFace input is not float32"))?;
-        data.extend_from_slice(input);
+        inputs.push(face::arcface_input(img, keypoints.as_ref(), &what)?);
     }
-    Tensor::from_f32(vec![layout.people.len(), 3, size, size], data)
+    // Each input is (1, 3, 112, 112): joined on the batch axis.
+    let inputs: Vec<&Tensor> = inputs.iter().collect();
+    Tensor::concatenate(0, &inputs)
 }
 
-/// The two SDXL tokenizers of a set.
-pub struct Tokenizers {
-    pub first: ClipTokenizer,
-    pub second: ClipTokenizer,
-}
-
-impl Tokenizers {
-    pub fn load(set: &ModelSet) -> Result<Self> {
-        let load = |name: &str| {
-            let files = set.manifest.tokenizers.get(name).ok_or_else(|| {
-                set.error(format!("manifest.json has no tokenizers.{name} section"))
-            })?;
-            ClipTokenizer::from_files(
-                &set.dir.join(&files.vocab),
-                &set.dir.join(&files.merges),
-                files.pad_token_id,
-            )
-            .map_err(|e| set.error(format!("tokenizers.{name}: {e}")))
-        };
-        Ok(Tokenizers {
-            first: load("tokenizer")?,
-            second: load("tokenizer_2")?,
-        })
-    }
-}
-
-/// Everything about one generation that is checked and computed before any graph runs.
+/// What [`prepare`] gives the graph stages: everything about one generation that is checked
+/// and computed before any graph runs. It holds no graph or backend value, so it can be made on
+/// one thread and run on another.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub layout: Layout,
@@ -368,7 +251,9 @@ pub struct Job {
     pub tokens_2: [Encoding; 2],
     /// Standard normal initial noise (1, C, H/8, W/8), before scaling by the initial sigma.
     pub noise: Tensor,
+    /// The scheduler with its timesteps set for `params.steps`.
     pub scheduler: Scheduler,
+    /// `faces`, `tokenize` and the noise part of `scheduler` filled in.
     pub timings: Timings,
 }
 
@@ -412,9 +297,14 @@ pub fn scheduler_for(
     Ok(scheduler)
 }
 
-/// Checks the inputs of one generation and computes its cheap parts: face crops, tokens,
-/// scheduler and initial noise. `init_noise` replaces the seeded noise (float32 (1, C, h, w)
-/// standard normal values, scaled by the scheduler's initial sigma like diffusers' `latents=`).
+/// The prepare stage: checks the inputs of one generation and computes its cheap parts: face
+/// crops (the layout's `face` photos are read here), tokens, scheduler and initial noise.
+/// `init_noise` replaces the seeded noise (float32 (1, C, h, w) standard normal values, scaled by
+/// the scheduler's initial sigma like diffusers' `latents=`); its `&str` names it in errors.
+///
+/// Errors: [`Error::InvalidInput`] (or [`Error::Io`] for an unreadable face photo) naming the
+/// parameter, layout field or file that is wrong; [`Error::ModelSet`] for a scheduler config the
+/// runtime cannot use.
 pub fn prepare(
     set: &ModelSet,
     tokenizers: &Tokenizers,
@@ -450,18 +340,39 @@ pub fn prepare_with_faces(
     timings.faces = started.elapsed();
 
     let started = Instant::now();
-    let encode = |t: &ClipTokenizer| [t.encode(&params.negative_prompt), t.encode(&params.prompt)];
-    let tokens_1 = encode(&tokenizers.first);
-    let tokens_2 = encode(&tokenizers.second);
+    let [tokens_1, tokens_2] = tokenizers.encode([&params.negative_prompt, &params.prompt])?;
     timings.tokenize = started.elapsed();
 
     let scheduler = scheduler_for(set, params.scheduler, params.steps)?;
+    let noise = initial_noise(set, &layout, params.seed, init_noise, &mut timings)?;
+    Ok(Job {
+        layout,
+        params,
+        faces,
+        tokens_1,
+        tokens_2,
+        noise,
+        scheduler,
+        timings,
+    })
+}
+
+/// The initial noise (1, C, h, w): `given` after checking its dtype, shape and values, else the
+/// seed's standard normal stream [`Stream::InitialLatents`] (timed as scheduler work).
+fn initial_noise(
+    set: &ModelSet,
+    layout: &Layout,
+    seed: u64,
+    given: Option<(Tensor, &str)>,
+    timings: &mut Timings,
+) -> Result<Tensor> {
+    let config = &set.manifest.config;
     let (lh, lw) = (
         layout.height as usize / config.vae_scale_factor,
         layout.width as usize / config.vae_scale_factor,
     );
     let shape = vec![1, config.latent_channels, lh, lw];
-    let noise = match init_noise {
+    match given {
         Some((tensor, name)) => {
             if tensor.shape() != shape.as_slice() || tensor.dtype() != DType::Float32 {
                 return Err(Error::invalid_input(
@@ -476,124 +387,16 @@ pub fn prepare_with_faces(
                 ));
             }
             limits::check_init_noise(&tensor, name)?;
-            tensor
+            Ok(tensor)
         }
         None => {
             let started = Instant::now();
             let n = shape.iter().product();
-            let values = NoiseGenerator::new(params.seed).normal(Stream::InitialLatents, n);
+            let values = NoiseGenerator::new(seed).normal(Stream::InitialLatents, n);
             timings.scheduler += started.elapsed();
-            Tensor::from_f32(shape, values)?
+            Tensor::from_f32(shape, values)
         }
-    };
-    Ok(Job {
-        layout,
-        params,
-        faces,
-        tokens_1,
-        tokens_2,
-        noise,
-        scheduler,
-        timings,
-    })
-}
-
-/// Runs a graph on host tensors: inputs are cast to the dtypes the graph declares, outputs come
-/// back as f32 host tensors, and a NaN or infinity in any output is an error naming it.
-pub fn run_host(
-    graph: &mut dyn Graph,
-    inputs: &[(&str, &Tensor)],
-    context: &str,
-) -> Result<Vec<Tensor>> {
-    let values = host_values(graph, inputs)?;
-    let named: Vec<(&str, &Value)> = values.iter().map(|(n, v)| (*n, v)).collect();
-    let outputs = graph.run(&named)?;
-    let specs = graph.io().outputs.clone();
-    outputs
-        .into_iter()
-        .zip(&specs)
-        .map(|(value, spec)| {
-            let tensor = graph.to_host(value)?.cast(DType::Float32)?;
-            check_finite(&tensor, graph.role(), &spec.name, context)?;
-            Ok(tensor)
-        })
-        .collect()
-}
-
-/// Host values of `inputs`, each cast to the dtype the graph declares for it.
-fn host_values<'a>(
-    graph: &dyn Graph,
-    inputs: &[(&'a str, &Tensor)],
-) -> Result<Vec<(&'a str, Value)>> {
-    inputs
-        .iter()
-        .map(|(name, tensor)| {
-            let dtype = graph
-                .io()
-                .inputs
-                .iter()
-                .find(|s| s.name == *name)
-                .map_or(tensor.dtype(), |s| s.dtype);
-            let t = if tensor.dtype() == dtype {
-                (*tensor).clone()
-            } else {
-                (*tensor).clone().cast(dtype)?
-            };
-            Ok((*name, Value::Host(t)))
-        })
-        .collect()
-}
-
-pub(crate) fn check_finite(tensor: &Tensor, role: Role, output: &str, context: &str) -> Result<()> {
-    match tensor.first_non_finite() {
-        Some(i) => Err(Error::graph(
-            role.name(),
-            format!("NaN or infinity in output {output} {context} (flat index {i})"),
-        )),
-        None => Ok(()),
     }
-}
-
-/// ArcFace embeddings (F, 1, 512) of a face batch (F, 3, 112, 112).
-pub fn id_embeddings(arcface: &mut dyn Graph, faces: &Tensor) -> Result<Tensor> {
-    let out = run_host(arcface, &[("face", faces)], "")?;
-    let embedding = out
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::graph("arcface", "the graph returned no output"))?;
-    let (f, d) = match embedding.shape() {
-        [f, d] => (*f, *d),
-        other => {
-            return Err(Error::graph(
-                "arcface",
-                format!("expected a (faces, dim) embedding, got {other:?}"),
-            ))
-        }
-    };
-    Tensor::from_f32(vec![f, 1, d], embedding.to_f32_vec())
-}
-
-/// ID patches (F, 3, 64, 64) from embeddings (F, 1, 512).
-pub fn id_patches(patch_proj: &mut dyn Graph, embeddings: &Tensor) -> Result<Tensor> {
-    first_output(
-        run_host(patch_proj, &[("id_embeds", embeddings)], "")?,
-        "patch_proj",
-    )
-}
-
-/// ID tokens (F, 16, D) from embeddings (F, 1, 512).
-pub fn id_tokens(prompt_proj: &mut dyn Graph, embeddings: &Tensor) -> Result<Tensor> {
-    first_output(
-        run_host(prompt_proj, &[("id_embeds", embeddings)], "")?,
-        "prompt_proj",
-    )
-}
-
-pub(crate) fn first_output(outputs: Vec<Tensor>, graph: &str) -> Result<Tensor> {
-    outputs
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::graph(graph, "the graph returned no output"))
 }
 
 /// The graphs of a set, loaded and checked against the manifest.
@@ -610,6 +413,9 @@ pub struct Models {
 }
 
 impl Models {
+    /// Loads every graph of `set` on `backend`, each checked against its manifest entry.
+    /// Errors: [`Error::ModelSet`] for a missing, unreadable or mismatching graph, or what the
+    /// backend reports.
     pub fn load(backend: &dyn Backend, set: ModelSet) -> Result<Models> {
         let load = |role| load_checked(backend, &set, role);
         Ok(Models {
@@ -626,112 +432,52 @@ impl Models {
     }
 }
 
-/// The result of [`generate`].
+/// The result of [`decode`] (and of [`generate`]).
 #[derive(Debug, Clone)]
 pub struct Generated {
+    /// The group photo, 8-bit RGB, the layout's width x height.
     pub image: Rgb8,
-    /// Final latents (1, C, h, w), before division by the VAE scaling factor.
+    /// Final latents (1, C, h, w) float32, before division by the VAE scaling factor.
     pub latents: Tensor,
-    /// The decoded image (1, 3, H, W) after `(x / 2 + 0.5).clamp(0, 1)`, before quantisation.
+    /// The decoded image (1, 3, H, W) float32 after `(x / 2 + 0.5).clamp(0, 1)`, before
+    /// quantisation.
     pub image_f32: Tensor,
-    /// The ControlNet condition (3, H, W).
+    /// The ControlNet condition (3, H, W) float32.
     pub condition: Tensor,
+    /// Every stage's wall time (`load_graphs` is the caller's to fill in).
     pub timings: Timings,
     /// Bytes the backend moved, for backends with device memory.
     pub traffic: Option<GenerationTraffic>,
 }
 
-/// Runs the pipeline. `progress(done, total)` is called after every denoising step.
+/// Runs the graph stages on a prepared job: [`encode`], [`denoise`], [`decode`].
+/// `on_step` sees every denoising step and may stop the loop between steps
+/// ([`ControlFlow::Break`], giving [`Error::Cancelled`]).
 pub fn generate(
     models: &mut Models,
     job: &Job,
-    progress: &mut dyn FnMut(usize, usize),
+    on_step: &mut dyn FnMut(&StepProgress) -> ControlFlow<()>,
 ) -> Result<Generated> {
-    let mut timings = job.timings.clone();
-    let before = models.unet.traffic();
-    let (height, width) = (job.layout.height as usize, job.layout.width as usize);
-    let latent = job.latent_size(&models.set);
-    let cfg = job.params.do_classifier_free_guidance();
-
-    let started = Instant::now();
-    let (text, pooled) = encode_prompts(models, job, cfg)?;
-    timings.text_encoders = started.elapsed();
-
-    let started = Instant::now();
-    let (patches, tokens, negative_tokens) = encode_ids(models, &job.faces, cfg)?;
-    timings.id_graphs = started.elapsed();
-
-    let started = Instant::now();
-    let options = ConditionOptions {
-        bf16_positions: job.params.bf16_positions,
-    };
-    let condition = condition::condition_tensor(&job.layout, &patches, &options)?;
-    let inputs = DenoiserInputs::new(
-        &text,
-        pooled,
-        &tokens,
-        negative_tokens.as_ref(),
-        &condition,
-        job.params.controlnet_scale,
-    )?;
-    timings.condition = started.elapsed();
-
-    let denoised = denoise::denoise(
-        models.controlnet.as_mut(),
-        models.unet.as_mut(),
-        job,
-        inputs,
-        latent,
-        &mut timings,
-        progress,
-    )?;
-
-    let started = Instant::now();
-    let factor = models.set.manifest.config.vae_scaling_factor as f32;
-    let channels = job.noise.shape()[1];
-    let scaled = Tensor::from_f32(
-        vec![1, channels, latent.0, latent.1],
-        denoised.latents.iter().map(|x| x / factor).collect(),
-    )?;
-    let decoded = decode(models.vae_decoder.as_mut(), &scaled, (height, width))?;
-    timings.vae_decode = started.elapsed();
-
-    let started = Instant::now();
-    let image = to_rgb8(&decoded, width, height)?;
-    timings.to_rgb = started.elapsed();
-    let traffic = match (denoised.traffic, before, models.unet.traffic()) {
-        (Some(t), Some(a), Some(b)) => Some(GenerationTraffic {
-            total: b.since(a),
-            ..t
-        }),
-        _ => None,
-    };
-    Ok(Generated {
-        image,
-        latents: Tensor::from_f32(vec![1, channels, latent.0, latent.1], denoised.latents)?,
-        image_f32: Tensor::from_f32(vec![1, 3, height, width], decoded)?,
-        condition,
-        timings,
-        traffic,
-    })
+    let encoded = encode(models, job)?;
+    let denoised = denoise(models, job, encoded, on_step)?;
+    decode(models, job, denoised)
 }
 
 /// A (3, H, W) planar image in [0, 1] as 8-bit RGB: `x * 255` rounded half away from zero.
 /// (diffusers' `numpy_to_pil` rounds half to even; the two differ only on exact halves.)
 pub fn to_rgb8(planar: &[f32], width: usize, height: usize) -> Result<Rgb8> {
-    let plane = width * height;
-    if planar.len() != 3 * plane {
-        return Err(Error::invalid_input(
+    let planar = ArrayView3::from_shape((3, height, width), planar).map_err(|_| {
+        Error::invalid_input(
             "image",
             format!("{} values for a 3x{height}x{width} image", planar.len()),
-        ));
-    }
-    let mut rgb = vec![0u8; 3 * plane];
-    for (p, px) in rgb.chunks_exact_mut(3).enumerate() {
-        for (c, v) in px.iter_mut().enumerate() {
-            *v = (planar[c * plane + p].clamp(0.0, 1.0) * 255.0).round() as u8;
-        }
-    }
+        )
+    })?;
+    // (3, H, W) read as (H, W, 3): the logical order of the permuted view is interleaved RGB.
+    let rgb = planar
+        .permuted_axes([1, 2, 0])
+        .iter()
+        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
     Rgb8::new(width, height, rgb)
 }
 

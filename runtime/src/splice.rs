@@ -5,7 +5,9 @@
 //! mapper's output for zero embeddings. For the first steps (step `i < N * (1 - ratio)`) the UNet
 //! and the ControlNet see only the 77 text tokens of both halves; from then on, the full sequence.
 
-use crate::tensor::TensorData;
+use ndarray::IxDyn;
+
+use crate::tensor::{self, DType, Element};
 use crate::{Error, Result, Tensor};
 
 /// Text tokens per prompt (CLIP context length).
@@ -46,7 +48,7 @@ fn token_rows(t: &Tensor, name: &str) -> Result<(usize, usize)> {
             ))
         }
     };
-    if !matches!(t.data(), TensorData::F32(_) | TensorData::F16(_)) {
+    if !matches!(t.dtype(), DType::Float32 | DType::Float16) {
         return Err(Error::invalid_input(
             name,
             format!("expected float32 or float16, got {}", t.dtype()),
@@ -55,28 +57,38 @@ fn token_rows(t: &Tensor, name: &str) -> Result<(usize, usize)> {
     Ok((tokens, dim))
 }
 
-/// Concatenates token tensors of one dtype along the token axis into (batch, tokens, dim).
+/// The token rows of `parts` (one float dtype, checked by [`token_rows`]) one after the other,
+/// as (batch, tokens, dim).
 fn stack(parts: &[&Tensor], batch: usize, tokens: usize, dim: usize) -> Result<Tensor> {
-    let data = match parts[0].data() {
-        TensorData::F32(_) => TensorData::F32(
-            parts
-                .iter()
-                .flat_map(|p| p.as_f32().into_iter().flatten().copied())
-                .collect(),
-        ),
-        TensorData::F16(_) => TensorData::F16(
-            parts
-                .iter()
-                .flat_map(|p| match p.data() {
-                    TensorData::F16(v) => v.as_slice(),
-                    _ => &[],
-                })
-                .copied()
-                .collect(),
-        ),
-        _ => unreachable!("dtype checked by token_rows"),
+    match parts[0].dtype() {
+        DType::Float16 => stack_as::<half::f16>(parts, batch, tokens, dim),
+        _ => stack_as::<f32>(parts, batch, tokens, dim),
+    }
+}
+
+fn stack_as<T: Element>(
+    parts: &[&Tensor],
+    batch: usize,
+    tokens: usize,
+    dim: usize,
+) -> Result<Tensor> {
+    let fail = || {
+        Error::graph(
+            "splice",
+            format!("token tensors do not stack into ({batch}, {tokens}, {dim})"),
+        )
     };
-    Tensor::new(vec![batch, tokens, dim], data)
+    // Each part viewed as (rows, dim) without a copy; the rows joined on axis 0.
+    let rows = parts
+        .iter()
+        .map(|p| {
+            let view = p.array::<T>().ok_or_else(fail)?.view();
+            view.into_shape_with_order(IxDyn(&[p.len() / dim.max(1), dim]))
+                .map_err(|_| fail())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let joined = tensor::concatenate(0, &rows).ok_or_else(fail)?;
+    Tensor::from_array(joined).into_shape(&[batch, tokens, dim])
 }
 
 /// The spliced sequence (1, 77 + 16F, D): `text` (77 x D) then `id_tokens` (16F x D, people in

@@ -1,9 +1,9 @@
 """Reference `model_set_digest` of models/tiny for runtime/src/manifest.rs, written independently
 with hashlib and json: sha256 of the lines
 
-    <role> <file> <sha256>                      graph files and external data, pipeline order
-    <tokenizer> vocab|merges <file> <sha256>    tokenizer, then tokenizer_2
-    <tokenizer> pad_token_id <id>
+    <role> <file> <sha256>                      graph files and external data, pipeline order,
+                                                then the face detector's three networks
+    <tokenizer> <file> <sha256>                 tokenizer.json of tokenizer, then tokenizer_2
     config <canonical JSON>                     latent_multiple filled in with its default 4
     scheduler <canonical JSON>
 
@@ -21,7 +21,10 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SET = ROOT / "models" / "tiny"
-ROLES = ["text_encoder", "text_encoder_2", "arcface", "patch_proj", "prompt_proj", "controlnet", "unet", "vae_decoder"]
+ROLES = [
+    "text_encoder", "text_encoder_2", "arcface", "patch_proj", "prompt_proj", "controlnet", "unet", "vae_decoder",
+    "face_detector_pnet", "face_detector_rnet", "face_detector_onet",
+]
 
 
 def sha256(path: pathlib.Path) -> str:
@@ -39,10 +42,8 @@ for role in ROLES:
     for item in [entry] + entry.get("external_data", []):
         lines.append(f"{role} {item['file']} {sha256(SET / item['file'])}")
 for name in ["tokenizer", "tokenizer_2"]:
-    files = manifest["tokenizers"][name]
-    for key in ["vocab", "merges"]:
-        lines.append(f"{name} {key} {files[key]} {sha256(SET / files[key])}")
-    lines.append(f"{name} pad_token_id {files['pad_token_id']}")
+    file = manifest["tokenizers"][name]["file"]
+    lines.append(f"{name} {file} {sha256(SET / file)}")
 config = dict(manifest["config"])
 config.setdefault("latent_multiple", 4)
 lines.append(f"config {canonical(config)}")

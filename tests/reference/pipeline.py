@@ -147,7 +147,7 @@ def tokenizers():
     from transformers import CLIPTokenizer
 
     tok = CLIPTokenizer.from_pretrained(TINY / "tokenizer")
-    tok_2 = CLIPTokenizer.from_pretrained(TINY / "tokenizer", pad_token="!")
+    tok_2 = CLIPTokenizer.from_pretrained(TINY / "tokenizer_2", pad_token="!")
     assert tok.pad_token_id == 49407 and tok_2.pad_token_id == 0
     return tok, tok_2
 

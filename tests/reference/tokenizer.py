@@ -6,7 +6,9 @@ them: padding="max_length", max_length=77, truncation=True.
 
 The vocabulary files are rebuilt from open_clip's shipped merge list (exporter-specs/clip_vocab.py),
 so this script also checks the rebuild against open_clip's own tokenizer on every prompt whose text
-normalisation is the same in both (open_clip additionally runs ftfy and HTML unescaping).
+normalisation is the same in both (open_clip additionally runs ftfy and HTML unescaping). It also
+checks that the committed models/tiny/tokenizer{,_2}/tokenizer.json files are exactly what the
+exporter writes from these tokenizers (the runtime reads those files).
 
 Run by hand: "$(scripts/pyenv.sh)" tests/reference/tokenizer.py
 Writes tests/data/tokenizer/reference.json.
@@ -143,19 +145,19 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         directory = pathlib.Path(tmp)
         clip_vocab.write_vocab(directory)
-        # The committed tiny-set files must be exactly what the exporter writes.
-        for name in ("vocab.json", "merges.txt"):
-            committed = (ROOT / "models" / "tiny" / "tokenizer" / name).read_bytes()
-            assert committed == (directory / name).read_bytes(), f"models/tiny/tokenizer/{name} is stale"
+        merges_count = len((directory / "merges.txt").read_text(encoding="utf-8").splitlines()) - 1
         tokenizer = load(directory)
         tokenizer_2 = load(directory, pad_token="!")
+        # The committed tiny-set files must be exactly what the exporter writes.
+        written = clip_vocab.write_sdxl_tokenizers(directory / "set")
+        for name, file in written.items():
+            committed = (ROOT / "models" / "tiny" / file).read_bytes()
+            assert committed == (directory / "set" / file).read_bytes(), f"models/tiny/{file} is stale"
 
     vocab = tokenizer.get_vocab()
     assert len(vocab) == 49408, len(vocab)
     assert vocab["<|startoftext|>"] == 49406 and vocab["<|endoftext|>"] == 49407
     assert tokenizer.pad_token_id == 49407 and tokenizer_2.pad_token_id == 0
-    merges_file = ROOT / "models" / "tiny" / "tokenizer" / "merges.txt"
-    merges_count = len(merges_file.read_text(encoding="utf-8").splitlines()) - 1
     assert merges_count == 48894, merges_count
 
     reference_clip = open_clip.get_tokenizer("ViT-L-14")

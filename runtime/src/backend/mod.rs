@@ -12,10 +12,11 @@
 use std::any::Any;
 use std::path::Path;
 
-use crate::manifest::{check_io, ModelSet, Role, TensorSpec};
+use crate::manifest::{check_io, GraphEntry, ModelSet, Role, TensorSpec};
 use crate::tensor::{DType, Tensor};
 use crate::{Error, Result};
 
+pub mod notice;
 #[cfg(feature = "ort")]
 pub mod ort;
 #[cfg(feature = "tract")]
@@ -113,8 +114,11 @@ pub trait Backend {
     /// Short name for tables and errors ("tract", "ort-cuda", ...).
     fn name(&self) -> String;
 
-    /// Loads one graph file. Errors for unreadable or corrupted files are model-set errors.
-    fn load(&self, role: Role, path: &Path) -> Result<Box<dyn Graph>>;
+    /// Loads one graph file. `entry` is the graph's entry in its set's manifest (declared IO,
+    /// sha256 of the file and its external data), `None` for a graph outside a set: the ORT
+    /// backend then takes the IO from the session and hashes the file itself for its TensorRT
+    /// cache. Errors for unreadable or corrupted files are model-set errors.
+    fn load(&self, role: Role, path: &Path, entry: Option<&GraphEntry>) -> Result<Box<dyn Graph>>;
 
     /// Moves a host tensor into this backend's device memory, once, for inputs that are fed to
     /// many runs. Backends without device memory keep it on the host.
@@ -180,13 +184,21 @@ pub fn to_host_f32(graph: &dyn Graph, value: Value) -> Result<Tensor> {
 /// Loads the graph for `role` of `set` and checks its declared IO against the manifest.
 pub fn load_checked(backend: &dyn Backend, set: &ModelSet, role: Role) -> Result<Box<dyn Graph>> {
     let path = set.graph_path(role)?;
-    let graph = backend.load(role, &path).map_err(|e| match e {
-        Error::ModelSet { reason, .. } | Error::Graph { reason, .. } => {
-            set.error(format!("graph {role}: {reason}"))
-        }
-        other => other,
-    })?;
     let entry = set.entry(role)?;
+    let graph = backend
+        .load(role, &path, Some(entry))
+        .map_err(|e| match e {
+            Error::ModelSet { reason, .. } | Error::Graph { reason, .. } => {
+                // Backends name the graph in their set errors already; say it once.
+                let prefix = format!("graph {role}: ");
+                if reason.starts_with(&prefix) {
+                    set.error(reason)
+                } else {
+                    set.error(prefix + &reason)
+                }
+            }
+            other => other,
+        })?;
     check_io(role, "input", &entry.inputs, &graph.io().inputs).map_err(|r| set.error(r))?;
     check_io(role, "output", &entry.outputs, &graph.io().outputs).map_err(|r| set.error(r))?;
     Ok(graph)

@@ -17,7 +17,8 @@
 //!
 //! # Execution providers
 //! [`Ep::Cpu`], [`Ep::Cuda`], [`Ep::TensorRt`], or [`Ep::Auto`], which tries TensorRT, then CUDA,
-//! then CPU for the first graph loaded and keeps what it got for the rest (it says which on stderr).
+//! then CPU for the first graph loaded and keeps what it got for the rest (a
+//! [`Notice`](crate::backend::notice::Notice) says which).
 //! Asking for CUDA or TensorRT and not getting it is an error, never a quiet fall back to the CPU:
 //! providers are registered with `error_on_failure`, and session creation fails when the provider
 //! cannot start (no driver, no device).
@@ -35,10 +36,10 @@
 //! - `enable_cuda_graph` only with [`OrtOptions::cuda_graph`]; see below.
 //!
 //! An INT8 (QDQ) graph runs on the CUDA provider as DequantizeLinear plus float operators: the
-//! provider has no INT8 convolution or matmul kernels for QDQ graphs. The first such graph a
-//! backend loads prints a note saying so on stderr ([`int8_provider_notice`]), so that nobody
-//! takes its timings for an INT8 speed-up. The CPU provider fuses Q/DQ pairs into integer
-//! kernels (QLinearConv, QLinearMatMul, ...).
+//! provider has no INT8 convolution or matmul kernels for QDQ graphs, so each such graph loaded
+//! there sends [`Notice::Int8OnCuda`](crate::backend::notice::Notice::Int8OnCuda), so that nobody
+//! takes its timings for an INT8 speed-up. The CPU provider fuses Q/DQ pairs into integer kernels
+//! (QLinearConv, MatMulInteger, ...).
 //!
 //! TensorRT provider options: FP16 on (TensorRT picks FP16 kernels per layer; the graph itself can
 //! be FP32 or FP16), INT8 on for a graph whose manifest entry says `int8` (its Q/DQ nodes are
@@ -49,7 +50,8 @@
 //! weights). Optimisation profiles cover every dynamic axis the graph declares, with the ranges of
 //! [`ShapeRanges`] (sequence 77..77+16*8, latents 64..192 i.e. 512..1536 px, batch 1..2). The
 //! CUDA provider is registered after TensorRT for any node TensorRT does not take. An engine build
-//! can take minutes; a notice says so on stderr before it starts.
+//! can take minutes; a notice says so before it starts. Notices go to
+//! [`OrtOptions::notices`]; the library prints nothing.
 //!
 //! Sessions run with graph optimisation level ALL; intra-op threads from
 //! [`OrtOptions::intra_threads`] (ONNX Runtime's default, one per physical core, when unset).
@@ -59,188 +61,53 @@
 //! and TensorRT, host memory for the CPU provider) and come back as [`Value::Device`]; feeding them
 //! to another graph of the same backend binds them by reference, without a copy, and
 //! [`Graph::to_host`] copies one back. Host tensors given to [`Backend::to_device`] /
-//! [`Graph::to_device`] are moved into ONNX Runtime without a copy and copied once to the GPU;
-//! host values given to a run are copied once (the caller keeps its tensor) and moved in the same
-//! way, since `ort` cannot bind a borrowed view over host memory safely (see `graph.rs`). Every run uses IO binding, so the CPU provider
-//! exercises the same path as the GPU, and the backend counts the bytes it moves
-//! ([`Backend::traffic`]), treating ONNX Runtime's own memory as "device" on the CPU provider.
+//! [`Graph::to_device`] are moved into ONNX Runtime without a copy and copied once to the GPU; host
+//! values given to a run are copied once (the caller keeps its tensor) and moved in the same way,
+//! since `ort` cannot bind a borrowed view over host memory safely (see `graph.rs`). Every run uses
+//! IO binding, so the CPU provider exercises the same path as the GPU, and the backend counts the
+//! bytes it moves ([`Backend::traffic`]), treating ONNX Runtime's own memory as "device" on the CPU
+//! provider.
 //!
 //! # CUDA graphs
 //! [`OrtOptions::cuda_graph`] (CUDA provider only) captures the whole graph into a CUDA graph and
 //! replays it, removing per-kernel launch overhead. ONNX Runtime replays against the device
 //! addresses it captured, so this mode keeps one set of fixed device buffers per distinct set of
 //! input shapes (one captured graph each, told apart with the `gpu_graph_id` run option): inputs
-//! are copied into those buffers, and outputs are copied out of them (device to device, counted
-//! as such) so that a later replay cannot overwrite a value the caller still holds. ONNX Runtime refuses the option
-//! when any node of the graph falls back to the CPU provider. This mode has not been run on a GPU.
+//! are copied into those buffers, and outputs are copied out of them (device to device, counted as
+//! such) so that a later replay cannot overwrite a value the caller still holds. ONNX Runtime
+//! refuses the option when any node of the graph falls back to the CPU provider. This mode has not
+//! been run on a GPU.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use ::ort::environment::Environment;
-use ::ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ArenaExtendStrategy};
 use ::ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-use ::ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ::ort::session::Session;
 
-use super::{Backend, Graph, GraphIo, Traffic, Value};
-use crate::manifest::Role;
+use super::{Backend, Graph, Traffic, Value};
+use crate::manifest::{GraphEntry, Role};
 use crate::tensor::Tensor;
 use crate::{Error, Result};
 
+mod cuda_graph;
 mod graph;
 mod library;
+mod options;
+mod providers;
 mod tensorrt;
 
 pub use graph::OrtDeviceValue;
 use graph::{declared_io, upload, Counters, OrtGraph};
-use library::{environment, GPU_BUILD_HINT};
+use library::environment;
 pub use library::{find_library, library_candidates, ORT_LIB_FILE, ORT_VERSION};
+pub use options::{Ep, OrtOptions, Residency, ShapeRanges};
 pub use tensorrt::{
-    default_trt_cache_root, int8_provider_notice, trt_cache_dir, trt_precision_options,
-    trt_profile_shapes, ProfileShapes,
+    default_trt_cache_root, trt_cache_dir, trt_precision_options, trt_profile_shapes, ProfileShapes,
 };
-use tensorrt::{gpu_model, graph_digest, manifest_entry};
 
-/// Execution provider choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Ep {
-    Cpu,
-    Cuda,
-    TensorRt,
-    /// TensorRT, else CUDA, else CPU.
-    Auto,
-}
-
-impl Ep {
-    pub fn name(self) -> &'static str {
-        match self {
-            Ep::Cpu => "cpu",
-            Ep::Cuda => "cuda",
-            Ep::TensorRt => "tensorrt",
-            Ep::Auto => "auto",
-        }
-    }
-}
-
-impl FromStr for Ep {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Ep> {
-        match s {
-            "cpu" => Ok(Ep::Cpu),
-            "cuda" => Ok(Ep::Cuda),
-            "tensorrt" | "trt" => Ok(Ep::TensorRt),
-            "auto" => Ok(Ep::Auto),
-            other => Err(Error::invalid_input(
-                "--ep",
-                format!("unknown execution provider {other:?} (cpu, cuda, tensorrt or auto)"),
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Ep {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Where graph outputs are left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Residency {
-    /// Copied to host tensors ([`Value::Host`]).
-    Host,
-    /// Left in the provider's memory ([`Value::Device`]).
-    Device,
-}
-
-/// Size ranges the TensorRT optimisation profiles cover, per dynamic axis name the exporter uses.
-/// Each is (min, opt, max).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ShapeRanges {
-    /// `batch`: 1 without CFG, 2 with it.
-    pub batch: (usize, usize, usize),
-    /// `faces`: people in the photo.
-    pub faces: (usize, usize, usize),
-    /// `sequence`: 77 text tokens plus 16 ID tokens per face.
-    pub sequence: (usize, usize, usize),
-    /// `latent_height` / `latent_width`; `_2` and `_4` axes are these halved and quartered, and
-    /// `image_height` / `image_width` these times 8.
-    pub latent: (usize, usize, usize),
-}
-
-impl Default for ShapeRanges {
-    fn default() -> Self {
-        ShapeRanges {
-            batch: (1, 2, 2),
-            faces: (1, 2, 8),
-            sequence: (77, 77 + 16 * 2, 77 + 16 * 8),
-            latent: (64, 128, 192),
-        }
-    }
-}
-
-impl ShapeRanges {
-    /// (min, opt, max) for a named axis, or None for a name these ranges do not know.
-    pub fn axis(&self, name: &str) -> Option<(usize, usize, usize)> {
-        let scale = |r: (usize, usize, usize), num: usize, den: usize| {
-            (r.0 * num / den, r.1 * num / den, r.2 * num / den)
-        };
-        Some(match name {
-            "batch" => self.batch,
-            "faces" => self.faces,
-            "sequence" => self.sequence,
-            "latent_height" | "latent_width" => self.latent,
-            "latent_height_2" | "latent_width_2" => scale(self.latent, 1, 2),
-            "latent_height_4" | "latent_width_4" => scale(self.latent, 1, 4),
-            "image_height" | "image_width" => scale(self.latent, 8, 1),
-            _ => return None,
-        })
-    }
-}
-
-/// Backend configuration. [`Default`] is the CPU provider with host outputs.
-#[derive(Debug, Clone)]
-pub struct OrtOptions {
-    /// Path of libonnxruntime; see the module docs for the search order when unset.
-    pub library: Option<PathBuf>,
-    pub ep: Ep,
-    /// CUDA device ordinal (CUDA and TensorRT).
-    pub device_id: i32,
-    /// Intra-op threads; ONNX Runtime's default when None.
-    pub intra_threads: Option<usize>,
-    pub outputs: Residency,
-    /// Allow TF32 tensor-core math for FP32 graphs on the CUDA provider.
-    pub tf32: bool,
-    /// Capture and replay CUDA graphs (CUDA provider only; see the module docs).
-    pub cuda_graph: bool,
-    /// Root of the TensorRT engine and timing caches; see [`default_trt_cache_root`].
-    pub trt_cache_dir: Option<PathBuf>,
-    /// Let TensorRT use FP16 kernels.
-    pub trt_fp16: bool,
-    pub trt_ranges: ShapeRanges,
-}
-
-impl Default for OrtOptions {
-    fn default() -> Self {
-        OrtOptions {
-            library: None,
-            ep: Ep::Cpu,
-            device_id: 0,
-            intra_threads: None,
-            outputs: Residency::Host,
-            tf32: false,
-            cuda_graph: false,
-            trt_cache_dir: None,
-            trt_fp16: true,
-            trt_ranges: ShapeRanges::default(),
-        }
-    }
-}
-
+/// The ONNX Runtime backend: the library (loaded once per process), its environment, the
+/// options, the provider settled on and the byte counters shared with every graph it loads.
 pub struct OrtBackend {
     options: OrtOptions,
     library: PathBuf,
@@ -250,8 +117,6 @@ pub struct OrtBackend {
     resolved: OnceLock<Ep>,
     /// Bytes copied by this backend and all its graphs.
     counters: Arc<Counters>,
-    /// Whether the INT8-on-CUDA notice was printed (once per backend).
-    int8_notice_given: std::sync::atomic::AtomicBool,
 }
 
 impl OrtBackend {
@@ -288,10 +153,10 @@ impl OrtBackend {
             env,
             resolved,
             counters: Arc::default(),
-            int8_notice_given: Default::default(),
         })
     }
 
+    /// The path of the ONNX Runtime library in use.
     pub fn library(&self) -> &Path {
         &self.library
     }
@@ -315,179 +180,19 @@ impl OrtBackend {
             .map_err(|e| Error::graph("ort", format!("memory info: {e}")))
     }
 
-    fn session(&self, role: Role, path: &Path, io: Option<&GraphIo>, ep: Ep) -> Result<Session> {
-        let fail = |what: &str, e: String| {
-            Error::graph(role.name(), format!("ONNX Runtime {ep} {what}: {e}"))
-        };
-        let mut builder = SessionBuilder::new(&self.env)
-            .map_err(|e| fail("session options", e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| fail("optimisation level", e.to_string()))?;
-        if let Some(n) = self.options.intra_threads {
-            builder = builder
-                .with_intra_threads(n)
-                .map_err(|e| fail("threads", e.to_string()))?;
-        }
-        let (providers, trt_cache) = match ep {
-            Ep::Cpu | Ep::Auto => (vec![], None),
-            Ep::Cuda => (vec![self.cuda_provider()], None),
-            Ep::TensorRt => {
-                let io = io.ok_or_else(|| fail("profiles", "graph IO unknown".into()))?;
-                let (trt, dir) = self.tensorrt_provider(role, path, io)?;
-                (vec![trt, self.cuda_provider()], Some(dir))
-            }
-        };
-        if !providers.is_empty() {
-            builder = builder.with_execution_providers(providers).map_err(|e| {
-                if let Some(dir) = &trt_cache {
-                    // Only removes it if nothing was cached there.
-                    let _ = std::fs::remove_dir(dir);
-                }
-                Error::invalid_input(
-                    "--ep",
-                    format!(
-                        "ONNX Runtime {} at {} cannot start the {ep} provider: {e} {GPU_BUILD_HINT}",
-                        self.version,
-                        self.library.display()
-                    ),
-                )
-            })?;
-        }
-        if let Some(dir) = &trt_cache {
-            if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
-                eprintln!(
-                    "graph {role}: building a TensorRT engine; this may take minutes \
-                     (cached in {} for the next run)",
-                    dir.display()
-                );
-            }
-        }
-        builder
-            .commit_from_file(path)
-            .map_err(|e| fail("cannot load the graph", e.to_string()))
-    }
-
-    fn cuda_provider(&self) -> ep::ExecutionProviderDispatch {
-        ep::CUDA::default()
-            .with_device_id(self.options.device_id)
-            .with_conv_algorithm_search(ep::cuda::ConvAlgorithmSearch::Exhaustive)
-            .with_tf32(self.options.tf32)
-            .with_arena_extend_strategy(ArenaExtendStrategy::SameAsRequested)
-            .with_prefer_nhwc(true)
-            .with_cuda_graph(self.options.cuda_graph)
-            .build()
-            .error_on_failure()
-    }
-
-    fn tensorrt_provider(
-        &self,
-        role: Role,
-        path: &Path,
-        io: &GraphIo,
-    ) -> Result<(ep::ExecutionProviderDispatch, PathBuf)> {
-        let root = match &self.options.trt_cache_dir {
-            Some(d) => d.clone(),
-            None => default_trt_cache_root(),
-        };
-        let gpu = gpu_model(self.options.device_id)
-            .unwrap_or_else(|| format!("cuda{}", self.options.device_id));
-        let dir = trt_cache_dir(&root, &graph_digest(path)?, &gpu);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        let dir_str = dir.to_string_lossy().into_owned();
-        let precision = manifest_entry(path).map_or_else(|| "fp32".to_string(), |e| e.precision);
-        let mut trt = ep::TensorRT::default().with_device_id(self.options.device_id);
-        for (key, value) in trt_precision_options(&precision, self.options.trt_fp16) {
-            trt = trt.with_arbitrary_config(key, value);
-        }
-        let mut trt = trt
-            .with_engine_cache(true)
-            .with_engine_cache_path(&dir_str)
-            .with_timing_cache(true)
-            .with_timing_cache_path(&dir_str);
-        match trt_profile_shapes(io, &self.options.trt_ranges) {
-            Ok(Some(p)) => {
-                trt = trt
-                    .with_profile_min_shapes(p.min)
-                    .with_profile_opt_shapes(p.opt)
-                    .with_profile_max_shapes(p.max);
-            }
-            Ok(None) => {}
-            Err(axis) => eprintln!(
-                "note: graph {role}: no TensorRT profile range for axis {axis:?}; \
-                 TensorRT builds an engine per input shape instead"
-            ),
-        }
-        Ok((trt.build().error_on_failure(), dir))
-    }
-}
-
-impl OrtBackend {
-    /// A session for the graph on the provider asked for, or for `auto` the first that starts.
-    fn choose_session(&self, role: Role, path: &Path) -> Result<(Session, Ep)> {
-        // TensorRT profiles are built from the declared IO: the manifest's, else a CPU session's.
-        let spec_io = || -> Result<GraphIo> {
-            match manifest_entry(path) {
-                Some(entry) => Ok(GraphIo {
-                    inputs: entry.inputs,
-                    outputs: entry.outputs,
-                }),
-                None => declared_io(role, &self.session(role, path, None, Ep::Cpu)?),
-            }
-        };
-        Ok(match self.resolved.get().copied() {
-            Some(Ep::TensorRt) => (
-                self.session(role, path, Some(&spec_io()?), Ep::TensorRt)?,
-                Ep::TensorRt,
-            ),
-            Some(ep) => (self.session(role, path, None, ep)?, ep),
-            None => {
-                let io = spec_io()?;
-                let mut refusals = Vec::new();
-                let mut chosen = None;
-                for ep in [Ep::TensorRt, Ep::Cuda] {
-                    match self.session(role, path, Some(&io), ep) {
-                        Ok(s) => {
-                            chosen = Some((s, ep));
-                            break;
-                        }
-                        Err(e) => {
-                            let e = e.to_string();
-                            let reason = e.split(GPU_BUILD_HINT).next().unwrap_or(&e);
-                            refusals.push(format!("{ep}: {}", reason.trim_end()));
-                        }
-                    }
-                }
-                let (session, ep) = match chosen {
-                    Some(c) => c,
-                    None => (self.session(role, path, None, Ep::Cpu)?, Ep::Cpu),
-                };
-                let ep = *self.resolved.get_or_init(|| ep);
-                eprintln!(
-                    "ONNX Runtime: --ep auto chose {ep}{}",
-                    if refusals.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", refusals.join("; "))
-                    }
-                );
-                (session, ep)
-            }
-        })
-    }
-
     /// Loads one graph; [`Backend::load`] boxes it.
-    fn load_graph(&self, role: Role, path: &Path) -> Result<OrtGraph> {
-        if !path.is_file() {
+    fn load_graph(&self, role: Role, path: &Path, entry: Option<&GraphEntry>) -> Result<OrtGraph> {
+        if let Some(problem) = crate::fsutil::regular_file_problem(path) {
             return Err(Error::model_set(
                 path.display().to_string(),
-                format!("graph {role}: file {} is missing", path.display()),
+                format!("graph {role}: file {} {problem}", path.display()),
             ));
         }
-        let (session, ep) = self.choose_session(role, path)?;
-        if let Some(notice) = manifest_entry(path).and_then(|e| int8_provider_notice(&e.precision, ep)) {
-            if !self.int8_notice_given.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                eprintln!("note: {notice}");
-            }
+        let (session, ep) = self.choose_session(role, path, entry)?;
+        if ep == Ep::Cuda && entry.is_some_and(|e| e.precision == "int8") {
+            self.options
+                .notices
+                .send(crate::backend::notice::Notice::Int8OnCuda { graph: role });
         }
         let io = declared_io(role, &session)?;
         let device_memory = self.device_memory(ep)?;
@@ -535,8 +240,8 @@ impl Backend for OrtBackend {
         Some(self.counters.snapshot())
     }
 
-    fn load(&self, role: Role, path: &Path) -> Result<Box<dyn Graph>> {
-        Ok(Box::new(self.load_graph(role, path)?))
+    fn load(&self, role: Role, path: &Path, entry: Option<&GraphEntry>) -> Result<Box<dyn Graph>> {
+        Ok(Box::new(self.load_graph(role, path, entry)?))
     }
 }
 

@@ -19,6 +19,8 @@ use crate::{Error, Result};
 
 /// Most training timesteps a configuration may give (diffusers' SDXL and SD configs use 1000).
 pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+/// Largest scheduler config file read, in bytes (diffusers' are under 1 KB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// The `scheduler/scheduler_config.json` of stabilityai/stable-diffusion-xl-base-1.0, the
 /// configuration ID-Patch runs with.
@@ -119,9 +121,10 @@ impl SchedulerConfig {
             .expect("the built-in SDXL scheduler config is valid for every scheduler kind")
     }
 
-    /// Reads a diffusers scheduler config file; `kind` overrides its `_class_name`.
+    /// Reads a diffusers scheduler config file (at most [`MAX_CONFIG_BYTES`]); `kind` overrides
+    /// its `_class_name`.
     pub fn from_file(path: &std::path::Path, kind: Option<SchedulerKind>) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::fsutil::read_text_limited(path, MAX_CONFIG_BYTES, "scheduler config")?;
         let name = path.file_name().map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
@@ -149,26 +152,44 @@ impl SchedulerConfig {
         let keys = Keys { map, source };
         let kind = match kind {
             Some(kind) => kind,
-            None => match keys.string("_class_name")? {
-                None => SchedulerKind::Euler,
-                Some(name) => SchedulerKind::from_class_name(&name).ok_or_else(|| {
-                    keys.error(
-                        "_class_name",
-                        format!(
-                            "unsupported scheduler class {name:?} (expected one of {})",
-                            SchedulerKind::ALL
-                                .iter()
-                                .map(|k| k.class_name())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                })?,
-            },
+            None => Self::kind_from_class_name(&keys)?,
         };
-        use SchedulerKind::*;
-        let sigma_schedule = matches!(kind, Euler | DpmSolverMultistep);
+        let mut config = Self::common_keys(&keys, kind)?;
+        if matches!(
+            kind,
+            SchedulerKind::Euler | SchedulerKind::DpmSolverMultistep
+        ) {
+            config.sigma_keys(&keys)?;
+        }
+        config.kind_keys(&keys)?;
+        check_noise_levels(&config, &keys)?;
+        Ok(config)
+    }
 
+    /// The kind `_class_name` names (Euler when absent).
+    fn kind_from_class_name(keys: &Keys) -> Result<SchedulerKind> {
+        match keys.string("_class_name")? {
+            None => Ok(SchedulerKind::Euler),
+            Some(name) => SchedulerKind::from_class_name(&name).ok_or_else(|| {
+                keys.error(
+                    "_class_name",
+                    format!(
+                        "unsupported scheduler class {name:?} (expected one of {})",
+                        SchedulerKind::ALL
+                            .iter()
+                            .map(|k| k.class_name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            }),
+        }
+    }
+
+    /// The keys every kind reads (training schedule, spacing, offset, prediction type); the
+    /// kind-specific fields keep diffusers' defaults.
+    fn common_keys(keys: &Keys, kind: SchedulerKind) -> Result<Self> {
+        use SchedulerKind::*;
         let num_train_timesteps = keys.unsigned("num_train_timesteps")?.unwrap_or(1000);
         if !(2..=MAX_TRAIN_TIMESTEPS).contains(&num_train_timesteps) {
             return Err(keys.error(
@@ -196,7 +217,7 @@ impl SchedulerConfig {
             }
         };
 
-        let mut config = SchedulerConfig {
+        Ok(SchedulerConfig {
             kind,
             num_train_timesteps,
             beta_start,
@@ -228,22 +249,29 @@ impl SchedulerConfig {
             solver_type: SolverType::Midpoint,
             lower_order_final: true,
             euler_at_final: false,
-        };
+        })
+    }
 
-        if sigma_schedule {
-            config.use_karras_sigmas = keys.boolean("use_karras_sigmas")?.unwrap_or(false);
-            keys.require_false("use_exponential_sigmas")?;
-            keys.require_false("use_beta_sigmas")?;
-            config.final_sigmas_type = keys.choice(
-                "final_sigmas_type",
-                &[
-                    ("zero", FinalSigmas::Zero),
-                    ("sigma_min", FinalSigmas::SigmaMin),
-                ],
-                FinalSigmas::Zero,
-            )?;
-        }
-        match kind {
+    /// Keys of the kinds that step on a sigma schedule (Euler, DPM-Solver++).
+    fn sigma_keys(&mut self, keys: &Keys) -> Result<()> {
+        self.use_karras_sigmas = keys.boolean("use_karras_sigmas")?.unwrap_or(false);
+        keys.require_false("use_exponential_sigmas")?;
+        keys.require_false("use_beta_sigmas")?;
+        self.final_sigmas_type = keys.choice(
+            "final_sigmas_type",
+            &[
+                ("zero", FinalSigmas::Zero),
+                ("sigma_min", FinalSigmas::SigmaMin),
+            ],
+            FinalSigmas::Zero,
+        )?;
+        Ok(())
+    }
+
+    /// The keys only one kind reads.
+    fn kind_keys(&mut self, keys: &Keys) -> Result<()> {
+        use SchedulerKind::*;
+        match self.kind {
             Euler => {
                 keys.choice("interpolation_type", &[("linear", ())], ())?;
                 keys.choice("timestep_type", &[("discrete", ())], ())?;
@@ -255,10 +283,10 @@ impl SchedulerConfig {
             }
             EulerAncestral => {}
             Ddim => {
-                config.set_alpha_to_one = keys.boolean("set_alpha_to_one")?.unwrap_or(true);
-                config.clip_sample = keys.boolean("clip_sample")?.unwrap_or(true);
-                config.clip_sample_range = keys.number("clip_sample_range")?.unwrap_or(1.0);
-                if config.clip_sample_range.is_nan() || config.clip_sample_range <= 0.0 {
+                self.set_alpha_to_one = keys.boolean("set_alpha_to_one")?.unwrap_or(true);
+                self.clip_sample = keys.boolean("clip_sample")?.unwrap_or(true);
+                self.clip_sample_range = keys.number("clip_sample_range")?.unwrap_or(1.0);
+                if self.clip_sample_range.is_nan() || self.clip_sample_range <= 0.0 {
                     return Err(keys.error("clip_sample_range", "must be a positive number"));
                 }
                 keys.require_false("thresholding")?;
@@ -268,13 +296,13 @@ impl SchedulerConfig {
                 keys.require_false("use_lu_lambdas")?;
                 keys.require_false("use_flow_sigmas")?;
                 keys.require_false("use_dynamic_shifting")?;
-                config.solver_order = keys.unsigned("solver_order")?.unwrap_or(2);
-                if !(1..=3).contains(&config.solver_order) {
+                self.solver_order = keys.unsigned("solver_order")?.unwrap_or(2);
+                if !(1..=3).contains(&self.solver_order) {
                     return Err(keys.error("solver_order", "must be 1, 2 or 3"));
                 }
                 // diffusers maps the names of other solver families onto dpmsolver++ / midpoint.
                 keys.choice("algorithm_type", &[("dpmsolver++", ()), ("deis", ())], ())?;
-                config.solver_type = keys.choice(
+                self.solver_type = keys.choice(
                     "solver_type",
                     &[
                         ("midpoint", SolverType::Midpoint),
@@ -285,8 +313,8 @@ impl SchedulerConfig {
                     ],
                     SolverType::Midpoint,
                 )?;
-                config.lower_order_final = keys.boolean("lower_order_final")?.unwrap_or(true);
-                config.euler_at_final = keys.boolean("euler_at_final")?.unwrap_or(false);
+                self.lower_order_final = keys.boolean("lower_order_final")?.unwrap_or(true);
+                self.euler_at_final = keys.boolean("euler_at_final")?.unwrap_or(false);
                 if let Some(v) = keys.number("lambda_min_clipped")? {
                     if v != f64::NEG_INFINITY {
                         return Err(keys.error("lambda_min_clipped", "only -Infinity is supported"));
@@ -297,8 +325,7 @@ impl SchedulerConfig {
                 }
             }
         }
-        check_noise_levels(&config, &keys)?;
-        Ok(config)
+        Ok(())
     }
 }
 

@@ -559,17 +559,21 @@ impl Scheduler {
                 ),
             ));
         }
+        let x0 = self.dpm_data_prediction(model_output, i, sample);
         let config = &self.config;
-        let n = self.timesteps.len();
-        let lower_order_final = i == n - 1
-            && (config.euler_at_final
-                || (config.lower_order_final && n < 15)
-                || config.final_sigmas_type == FinalSigmas::Zero);
-        let lower_order_second = i + 2 == n && config.lower_order_final && n < 15;
+        if self.history.len() == config.solver_order {
+            self.history.remove(0);
+        }
+        self.history.push(x0);
+        let order = self.dpm_order(i);
+        Ok(self.dpm_update(i, order, sample))
+    }
 
-        // Data prediction x0 from the model output.
+    /// The data prediction x0 of step `i` from the model output (epsilon or v).
+    fn dpm_data_prediction(&self, model_output: &[f32], i: usize, sample: &[f32]) -> Vec<f32> {
+        let config = &self.config;
         let (alpha_s0, sigma_s0) = Self::vp_alpha_sigma(self.sigmas[i]);
-        let x0: Vec<f32> = match config.prediction_type {
+        match config.prediction_type {
             PredictionType::Epsilon => model_output
                 .iter()
                 .zip(sample)
@@ -580,25 +584,39 @@ impl Scheduler {
                 .zip(sample)
                 .map(|(&m, &s)| alpha_s0 * s - sigma_s0 * m)
                 .collect(),
-        };
-        if self.history.len() == config.solver_order {
-            self.history.remove(0);
         }
-        self.history.push(x0);
+    }
+
+    /// The solver order of step `i`, with the newest data prediction already in the history:
+    /// lower at the start (too little history) and, as diffusers does, at the end.
+    fn dpm_order(&self, i: usize) -> usize {
+        let config = &self.config;
+        let n = self.timesteps.len();
+        let lower_order_final = i == n - 1
+            && (config.euler_at_final
+                || (config.lower_order_final && n < 15)
+                || config.final_sigmas_type == FinalSigmas::Zero);
+        let lower_order_second = i + 2 == n && config.lower_order_final && n < 15;
+
         // Steps already taken at lower order, as diffusers counts them (capped at the order).
         let previous = self.history.len() - 1;
-        let order = if config.solver_order == 1 || previous < 1 || lower_order_final {
+        if config.solver_order == 1 || previous < 1 || lower_order_final {
             1
         } else if config.solver_order == 2 || previous < 2 || lower_order_second {
             2
         } else {
             3
-        };
+        }
+    }
 
+    /// The multistep update of step `i` at `order` from the data predictions in the history.
+    fn dpm_update(&self, i: usize, order: usize, sample: &[f32]) -> Vec<f32> {
+        let config = &self.config;
         let lambda = |sigma: f32| {
             let (alpha, sigma) = Self::vp_alpha_sigma(sigma);
             alpha.ln() - sigma.ln()
         };
+        let (_, sigma_s0) = Self::vp_alpha_sigma(self.sigmas[i]);
         let (alpha_t, sigma_t) = Self::vp_alpha_sigma(self.sigmas[i + 1]);
         let lambda_t = lambda(self.sigmas[i + 1]);
         let lambda_s0 = lambda(self.sigmas[i]);
@@ -607,7 +625,7 @@ impl Scheduler {
         let d0_scale = alpha_t * ((-h).exp() - 1.0);
         let m0 = &self.history[self.history.len() - 1];
 
-        let out: Vec<f32> = match order {
+        match order {
             1 => sample
                 .iter()
                 .zip(m0)
@@ -658,8 +676,7 @@ impl Scheduler {
                     })
                     .collect()
             }
-        };
-        Ok(out)
+        }
     }
 }
 

@@ -1,5 +1,5 @@
-//! One graph on an ONNX Runtime session: IO binding, uploads and downloads, the CUDA-graph mode's
-//! fixed buffers, and the byte counters behind [`Traffic`].
+//! One graph on an ONNX Runtime session: IO binding, uploads and downloads, and the byte counters
+//! behind [`Traffic`] (the CUDA-graph mode's fixed buffers are in `cuda_graph.rs`).
 //!
 //! Every transfer goes through ONNX Runtime's own copy (`Tensor::to` / `copy_into`, which return
 //! errors), never through `Clone` on an `ort` tensor, which deep-copies and panics when the copy
@@ -11,10 +11,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ::ort::memory::{AllocationDevice, Allocator, MemoryInfo};
-use ::ort::session::{IoBinding, RunOptions, Session};
+use ::ort::memory::{AllocationDevice, MemoryInfo};
+use ::ort::session::Session;
 use ::ort::value::{DynTensor, DynTensorValueType, TensorElementType, ValueType};
 
+use super::cuda_graph::CapturedGraph;
 use super::{Ep, Residency};
 use crate::backend::{check_run_inputs, DeviceTensor, Graph, GraphIo, Traffic, Value};
 use crate::manifest::{Dim, Role, TensorSpec};
@@ -77,14 +78,6 @@ impl OrtDeviceValue {
     }
 }
 
-/// Fixed device buffers for one captured CUDA graph.
-pub(super) struct CapturedGraph {
-    id: usize,
-    binding: IoBinding,
-    inputs: Vec<(String, DynTensor)>,
-    options: RunOptions,
-}
-
 pub(super) struct OrtGraph {
     pub(super) role: Role,
     pub(super) io: GraphIo,
@@ -100,20 +93,20 @@ pub(super) struct OrtGraph {
 
 /// What an input is bound from: a value already in provider memory, or a host tensor that is
 /// uploaded (or, in CUDA-graph mode, copied into its fixed buffer) straight from its buffer.
-enum Source<'a> {
+pub(super) enum Source<'a> {
     Device(&'a DynTensor),
     Host(&'a Tensor),
 }
 
 impl Source<'_> {
-    fn shape(&self) -> Vec<usize> {
+    pub(super) fn shape(&self) -> Vec<usize> {
         match self {
             Source::Device(t) => t.shape().iter().map(|&d| d as usize).collect(),
             Source::Host(t) => t.shape().to_vec(),
         }
     }
 
-    fn element_type(&self) -> TensorElementType {
+    pub(super) fn element_type(&self) -> TensorElementType {
         match self {
             Source::Device(t) => *t.data_type(),
             Source::Host(t) => element_type(t.dtype()),
@@ -127,13 +120,13 @@ impl Source<'_> {
 /// borrowed view when binding it to a session that wants it in the same memory (`Clone`, which
 /// panics on failure), and its transfer helper binds the view again under the lock it already
 /// holds, which deadlocks.
-fn owned_value(tensor: Tensor) -> ::ort::Result<DynTensor> {
-    let shape = tensor.shape().to_vec();
+pub(super) fn owned_value(tensor: Tensor) -> ::ort::Result<DynTensor> {
+    // An owned standard-layout array is taken over by ort as it is (no copy).
     Ok(match tensor.into_data() {
-        TensorData::F32(v) => ::ort::value::Tensor::from_array((shape, v))?.upcast(),
-        TensorData::F16(v) => ::ort::value::Tensor::from_array((shape, v))?.upcast(),
-        TensorData::I64(v) => ::ort::value::Tensor::from_array((shape, v))?.upcast(),
-        TensorData::I32(v) => ::ort::value::Tensor::from_array((shape, v))?.upcast(),
+        TensorData::F32(a) => ::ort::value::Tensor::from_array(a)?.upcast(),
+        TensorData::F16(a) => ::ort::value::Tensor::from_array(a)?.upcast(),
+        TensorData::I64(a) => ::ort::value::Tensor::from_array(a)?.upcast(),
+        TensorData::I32(a) => ::ort::value::Tensor::from_array(a)?.upcast(),
     })
 }
 
@@ -180,7 +173,7 @@ impl OrtGraph {
                             && is_float(t.dtype())
                             && is_float(spec.dtype) =>
                     {
-                        Prepared::Cast(Value::Host(t.clone().cast(spec.dtype)?))
+                        Prepared::Cast(Value::Host(t.to_dtype(spec.dtype)?))
                     }
                     _ => Prepared::Given(value),
                 };
@@ -228,7 +221,7 @@ impl OrtGraph {
 
     /// One device-to-host copy, counted; a tensor in host memory (an output bound there, or the
     /// CPU provider's memory) is read in place.
-    fn tensor_to_host(&self, tensor: &DynTensor) -> Result<Tensor> {
+    pub(super) fn tensor_to_host(&self, tensor: &DynTensor) -> Result<Tensor> {
         let host = if tensor.memory_info().is_cpu_accessible() {
             ort_to_host(tensor)
         } else {
@@ -292,122 +285,6 @@ impl OrtGraph {
         }
         drop(outputs);
         tensors.into_iter().map(|t| self.output_value(t)).collect()
-    }
-
-    /// Makes the fixed buffers and binding for one set of input shapes on first use.
-    fn ensure_captured(&mut self, inputs: &[(&str, Source)], shapes: &[Vec<usize>]) -> Result<()> {
-        let (role, ep) = (self.role, self.ep);
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            Error::graph(
-                role.name(),
-                format!("ONNX Runtime {ep} (CUDA graph): {what}: {e}"),
-            )
-        };
-        let Some(graphs) = self.cuda_graphs.as_mut() else {
-            return Err(fail("run", &"CUDA graphs are off"));
-        };
-        if !graphs.contains_key(shapes) {
-            let id = graphs.len();
-            let allocator = Allocator::new(&self.session, self.device_memory.clone())
-                .map_err(|e| fail("device allocator", &e))?;
-            let mut binding = self
-                .session
-                .create_binding()
-                .map_err(|e| fail("IO binding", &e))?;
-            let mut buffers = Vec::with_capacity(inputs.len());
-            for ((name, source), shape) in inputs.iter().zip(shapes) {
-                let buffer = DynTensor::new(&allocator, source.element_type(), shape.clone())
-                    .map_err(|e| fail(&format!("input {name}"), &e))?;
-                binding
-                    .bind_input(*name, &buffer)
-                    .map_err(|e| fail(&format!("input {name}"), &e))?;
-                buffers.push((name.to_string(), buffer));
-            }
-            for spec in &self.io.outputs {
-                binding
-                    .bind_output_to_device(spec.name.as_str(), &self.device_memory)
-                    .map_err(|e| fail(&format!("output {}", spec.name), &e))?;
-            }
-            let mut options = RunOptions::new().map_err(|e| fail("run options", &e))?;
-            options
-                .set("gpu_graph_id", id.to_string())
-                .map_err(|e| fail("gpu_graph_id", &e))?;
-            let captured = CapturedGraph {
-                id,
-                binding,
-                inputs: buffers,
-                options,
-            };
-            graphs.insert(shapes.to_vec(), captured);
-        }
-        Ok(())
-    }
-
-    /// CUDA-graph run: inputs are copied into buffers whose addresses stay fixed for the captured
-    /// graph of these shapes; outputs are copied out of ONNX Runtime's fixed output buffers,
-    /// because the next replay writes into the same memory.
-    fn run_captured(&mut self, inputs: &[(&str, Source)]) -> Result<Vec<Value>> {
-        let shapes: Vec<Vec<usize>> = inputs.iter().map(|(_, s)| s.shape()).collect();
-        let (role, ep) = (self.role, self.ep);
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            Error::graph(
-                role.name(),
-                format!("ONNX Runtime {ep} (CUDA graph): {what}: {e}"),
-            )
-        };
-        self.ensure_captured(inputs, &shapes)?;
-        let fixed = {
-            let Some(graph) = self.cuda_graphs.as_mut().and_then(|g| g.get_mut(&shapes)) else {
-                return Err(fail("run", &"no buffers for these shapes"));
-            };
-            for ((name, source), (_, buffer)) in inputs.iter().zip(graph.inputs.iter_mut()) {
-                let (copied, direction, bytes) = match source {
-                    Source::Device(t) => (
-                        t.copy_into(&mut *buffer),
-                        Direction::DeviceToDevice,
-                        ort_bytes(t),
-                    ),
-                    Source::Host(t) => (
-                        owned_value((*t).clone()).and_then(|v| v.copy_into(&mut *buffer)),
-                        Direction::HostToDevice,
-                        host_bytes(t),
-                    ),
-                };
-                copied.map_err(|e| fail(&format!("copying input {name}"), &e))?;
-                self.counters.add(direction, bytes);
-            }
-            let mut outputs = self
-                .session
-                .run_binding_with_options(&graph.binding, &graph.options)
-                .map_err(|e| fail(&format!("run of captured graph {}", graph.id), &e))?;
-            let mut fixed = Vec::with_capacity(self.io.outputs.len());
-            for spec in &self.io.outputs {
-                let tensor = outputs
-                    .remove(spec.name.as_str())
-                    .ok_or_else(|| fail("run", &format!("no output {}", spec.name)))?
-                    .downcast::<DynTensorValueType>()
-                    .map_err(|e| fail(&format!("output {}", spec.name), &e))?;
-                fixed.push(tensor);
-            }
-            fixed
-        };
-        fixed
-            .iter()
-            .map(|tensor| match self.residency {
-                Residency::Host => Ok(Value::Host(self.tensor_to_host(tensor)?)),
-                Residency::Device => {
-                    let copy = tensor
-                        .to(
-                            self.device_memory.allocation_device(),
-                            self.device_memory.device_id(),
-                        )
-                        .map_err(|e| fail("copying an output out of its fixed buffer", &e))?;
-                    self.counters
-                        .add(Direction::DeviceToDevice, ort_bytes(&copy));
-                    OrtDeviceValue::value(copy)
-                }
-            })
-            .collect()
     }
 }
 
@@ -494,41 +371,35 @@ fn element_type(d: DType) -> TensorElementType {
 }
 
 /// Bytes of a host tensor's elements.
-fn host_bytes(t: &Tensor) -> u64 {
-    let size = match t.dtype() {
-        DType::Float32 | DType::Int32 => 4,
-        DType::Float16 => 2,
-        DType::Int64 => 8,
-    };
-    (t.len() * size) as u64
+pub(super) fn host_bytes(t: &Tensor) -> u64 {
+    t.bytes() as u64
 }
 
 /// Bytes of an ORT tensor's elements.
-fn ort_bytes(t: &DynTensor) -> u64 {
+pub(super) fn ort_bytes(t: &DynTensor) -> u64 {
     t.data_type()
         .byte_size(t.shape().num_elements())
         .unwrap_or(0) as u64
 }
 
 fn ort_to_host(t: &DynTensor) -> std::result::Result<Tensor, String> {
-    let shape: Vec<usize> = t.shape().iter().map(|&d| d as usize).collect();
     let err = |e: ::ort::Error| e.to_string();
-    let data = match t.data_type() {
+    // One copy, out of ORT's buffer into a new standard-layout array.
+    Ok(match t.data_type() {
         TensorElementType::Float32 => {
-            TensorData::F32(t.try_extract_tensor::<f32>().map_err(err)?.1.to_vec())
+            Tensor::from_array(t.try_extract_array::<f32>().map_err(err)?.to_owned())
         }
         TensorElementType::Float16 => {
-            TensorData::F16(t.try_extract_tensor::<half::f16>().map_err(err)?.1.to_vec())
+            Tensor::from_array(t.try_extract_array::<half::f16>().map_err(err)?.to_owned())
         }
         TensorElementType::Int64 => {
-            TensorData::I64(t.try_extract_tensor::<i64>().map_err(err)?.1.to_vec())
+            Tensor::from_array(t.try_extract_array::<i64>().map_err(err)?.to_owned())
         }
         TensorElementType::Int32 => {
-            TensorData::I32(t.try_extract_tensor::<i32>().map_err(err)?.1.to_vec())
+            Tensor::from_array(t.try_extract_array::<i32>().map_err(err)?.to_owned())
         }
         other => return Err(format!("unsupported element type {other}")),
-    };
-    Tensor::new(shape, data).map_err(|e| e.to_string())
+    })
 }
 
 /// The graph's declared inputs and outputs, as the session reports them.
@@ -602,7 +473,13 @@ mod tests {
         )
         .unwrap();
         let path = set.graph_path(Role::Controlnet).unwrap();
-        let graph = backend.load_graph(Role::Controlnet, &path).unwrap();
+        let graph = backend
+            .load_graph(
+                Role::Controlnet,
+                &path,
+                Some(set.entry(Role::Controlnet).unwrap()),
+            )
+            .unwrap();
         (set, graph)
     }
 

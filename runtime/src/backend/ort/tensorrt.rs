@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::ShapeRanges;
 use crate::backend::GraphIo;
-use crate::manifest::{sha256_file, Dim, GraphEntry, Manifest, MANIFEST_FILE};
+use crate::manifest::{sha256_file, Dim, GraphEntry};
 use crate::Result;
 
 /// The `trt_profile_{min,opt,max}_shapes` strings.
@@ -64,35 +64,12 @@ pub fn trt_precision_options(precision: &str, fp16: bool) -> Vec<(&'static str, 
     ]
 }
 
-/// The notice an INT8 graph gets on a provider that has no INT8 kernels for it (the CUDA
-/// provider runs QDQ graphs as DequantizeLinear plus float operators), or None.
-pub fn int8_provider_notice(precision: &str, ep: super::Ep) -> Option<String> {
-    (precision == "int8" && ep == super::Ep::Cuda).then(|| {
-        "INT8 graphs on ONNX Runtime's CUDA provider run as DequantizeLinear plus float \
-         operators (no INT8 convolution or matmul kernels for QDQ graphs): expect no speed-up \
-         over FP16; INT8 on a GPU needs --ep tensorrt"
-            .to_string()
-    })
-}
-
 /// `$IDPATCH_HOME/cache/tensorrt`, else `$XDG_CACHE_HOME/idpatch/tensorrt`, else
 /// `~/.cache/idpatch/tensorrt`, else `target/tensorrt-cache`.
 pub fn default_trt_cache_root() -> PathBuf {
-    let var = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(home) = var("IDPATCH_HOME") {
-        return home.join("cache/tensorrt");
-    }
-    if let Some(cache) = var("XDG_CACHE_HOME") {
-        return cache.join("idpatch/tensorrt");
-    }
-    if let Some(home) = var("HOME") {
-        return home.join(".cache/idpatch/tensorrt");
-    }
-    PathBuf::from("target/tensorrt-cache")
+    crate::fsutil::cache_root()
+        .map(|root| root.join("tensorrt"))
+        .unwrap_or_else(|| PathBuf::from("target/tensorrt-cache"))
 }
 
 /// The engine cache directory for one graph on one GPU model.
@@ -116,19 +93,11 @@ pub fn trt_cache_dir(root: &Path, graph_sha256: &str, gpu: &str) -> PathBuf {
 }
 
 /// The manifest entry for a graph file, when the file sits in a set directory that lists it.
-pub(super) fn manifest_entry(path: &Path) -> Option<GraphEntry> {
-    let dir = path.parent()?;
-    let text = std::fs::read_to_string(dir.join(MANIFEST_FILE)).ok()?;
-    let manifest: Manifest = serde_json::from_str(&text).ok()?;
-    let file = path.file_name()?.to_str()?;
-    manifest.graphs.into_values().find(|g| g.file == file)
-}
-
-/// A digest that changes with the graph's weights: from the manifest's sha256 of the graph file
-/// and of its external data when a manifest lists it, else the sha256 of the file itself.
-pub(super) fn graph_digest(path: &Path) -> Result<String> {
+/// A digest that changes with the graph's weights: from the manifest entry's sha256 of the graph
+/// file and of its external data when there is an entry, else the sha256 of the file itself.
+pub(super) fn graph_digest(path: &Path, entry: Option<&GraphEntry>) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let Some(entry) = manifest_entry(path) else {
+    let Some(entry) = entry else {
         return sha256_file(path);
     };
     let mut hasher = Sha256::new();
@@ -136,11 +105,7 @@ pub(super) fn graph_digest(path: &Path) -> Result<String> {
     for f in &entry.external_data {
         hasher.update(f.sha256.as_bytes());
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(crate::checksum::hex(&hasher.finalize()))
 }
 
 /// The GPU model for a CUDA ordinal from the NVIDIA driver's /proc entries (PCI order, which is
@@ -258,22 +223,6 @@ mod tests {
         }
         let fp32_only = trt_precision_options("fp32", false);
         assert_eq!(on(&fp32_only, "trt_fp16_enable").as_deref(), Some("0"));
-    }
-
-    #[test]
-    fn only_int8_graphs_on_cuda_get_the_notice() {
-        use super::super::Ep;
-        let notice = int8_provider_notice("int8", Ep::Cuda).unwrap();
-        assert!(notice.contains("DequantizeLinear plus float"), "{notice}");
-        assert!(notice.contains("--ep tensorrt"), "{notice}");
-        for (precision, ep) in [
-            ("int8", Ep::Cpu),
-            ("int8", Ep::TensorRt),
-            ("fp16", Ep::Cuda),
-            ("fp32", Ep::Cuda),
-        ] {
-            assert_eq!(int8_provider_notice(precision, ep), None);
-        }
     }
 
     #[test]

@@ -335,6 +335,7 @@ fn make_tract() -> Result<Box<dyn Backend>, Error> {
 
 #[cfg(feature = "ort")]
 fn make_ort(args: &BackendArgs) -> Result<Box<dyn Backend>, Error> {
+    use crate::output::note;
     use idpatch::backend::ort::{Ep, OrtOptions, Residency};
     let ep = match args.provider()? {
         Provider::Cpu => Ep::Cpu,
@@ -351,6 +352,8 @@ fn make_ort(args: &BackendArgs) -> Result<Box<dyn Backend>, Error> {
         tf32: args.tf32,
         cuda_graph: args.cuda_graph,
         trt_cache_dir: args.trt_cache.clone(),
+        // The backend's notices are shown on stderr (never panicking when it is closed).
+        notices: idpatch::backend::notice::Notices::to(|n| note!("{n}")),
         ..OrtOptions::default()
     };
     Ok(Box::new(idpatch::OrtBackend::new(options)?))

@@ -6,14 +6,16 @@ use idpatch::bench::{
     golden_inputs, synth_face, synth_inputs, synth_layout, time_graph, time_pipeline,
     PipelineStats, Stats, SynthSize,
 };
+use idpatch::detect::people;
 use idpatch::layout::{Layout, MAX_PEOPLE, MAX_SIDE};
 use idpatch::manifest::{Checksums, ModelSet, Role};
-use idpatch::pipeline::{check_image_sides, Params, MAX_STEPS};
+use idpatch::pipeline::{self, check_image_sides, Params, MAX_STEPS};
 use idpatch::Error;
 use serde_json::json;
 
 use crate::backend_args::{BackendArgs, Provider};
 use crate::output::outln;
+use crate::sampling_args::SamplingArgs;
 
 mod fidelity;
 
@@ -46,13 +48,10 @@ pub struct Args {
     /// does), instead of a made-up one.
     #[arg(long)]
     layout: Option<PathBuf>,
-    /// With --pipeline: denoising steps (default 50).
-    #[arg(long)]
-    steps: Option<usize>,
-    /// With --pipeline: classifier-free guidance scale (default 5.5); at 1 or below the graphs
-    /// run on the prompt alone (batch 1).
-    #[arg(long, allow_negative_numbers = true)]
-    guidance: Option<f64>,
+    /// With --pipeline: steps, guidance and ControlNet scale, under their short or diffusers'
+    /// names.
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// With --pipeline: diffusers' control_guidance_start (default 0): the ControlNet is skipped
     /// on step i of N unless i/N >= this.
     #[arg(long, allow_negative_numbers = true)]
@@ -147,7 +146,21 @@ struct Timing {
 
 /// Flags that the chosen mode does not take, as a usage error naming the first one given.
 fn check_combinations(args: &Args) -> Result<(), Error> {
-    let size_given = args.height.is_some() || args.width.is_some() || args.people.is_some();
+    // A layout gives the size and the people: name the size flag given beside it.
+    if args.pipeline && args.layout.is_some() {
+        let size_flags = [
+            ("--height", args.height.is_some()),
+            ("--width", args.width.is_some()),
+            ("--people", args.people.is_some()),
+        ];
+        if let Some((flag, _)) = size_flags.iter().find(|(_, given)| *given) {
+            return Err(Error::invalid_input(
+                *flag,
+                "cannot be combined with --layout (the layout gives the size and the people)",
+            ));
+        }
+    }
+    let given = args.sampling.given();
     let conflicts: &[(bool, &str, &str)] = if args.pipeline {
         &[
             (!args.graphs.is_empty(), "--graphs", "times single graphs"),
@@ -161,17 +174,13 @@ fn check_combinations(args: &Args) -> Result<(), Error> {
                 "--sequence",
                 "applies to single graphs",
             ),
-            (
-                args.layout.is_some() && size_given,
-                "--layout",
-                "gives the size and people itself",
-            ),
         ]
     } else {
         &[
             (args.layout.is_some(), "--layout", "needs --pipeline"),
-            (args.steps.is_some(), "--steps", "needs --pipeline"),
-            (args.guidance.is_some(), "--guidance", "needs --pipeline"),
+            (given[0].1, given[0].0, "needs --pipeline"),
+            (given[1].1, given[1].0, "needs --pipeline"),
+            (given[2].1, given[2].0, "needs --pipeline"),
             (
                 args.control_guidance_start.is_some(),
                 "--control-guidance-start",
@@ -210,7 +219,7 @@ fn check_bounds(args: &Args) -> Result<(), Error> {
         ("--width", args.width, 1, max_side),
         ("--warmup", args.warmup, 0, MAX_WARMUP),
         ("--runs", args.runs, 1, MAX_RUNS),
-        ("--steps", args.steps, 1, MAX_STEPS),
+        ("--steps", args.sampling.steps(), 1, MAX_STEPS),
     ];
     for (flag, value, lo, hi) in ranges {
         if let Some(v) = value.filter(|v| !(lo..=hi).contains(v)) {
@@ -246,49 +255,26 @@ fn check_sequence(sequence: Option<usize>, configs: &[Config]) -> Result<(), Err
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    bench(&args).map_err(|e| args.sampling.as_typed(e))
+}
+
+fn bench(args: &Args) -> anyhow::Result<ExitCode> {
     if args.fidelity {
-        return fidelity::run(&args);
+        return fidelity::run(args);
     }
     if args.seeds.is_some() {
         return Err(Error::invalid_input("--seeds", "needs --fidelity").into());
     }
-    check_combinations(&args)?;
-    check_bounds(&args)?;
-    let configs = if args.compare.is_empty() {
-        args.backend.check()?;
-        let checksums = Checksums::from_skip_flag(args.skip_checksums);
-        vec![Config {
-            label: args.backend.label(),
-            backend_label: true,
-            args: args.backend.clone(),
-            backend: args.backend.make()?,
-            set: ModelSet::open(&args.models, checksums)?,
-        }]
-    } else {
-        compare_configs(&args)?
-    };
+    check_combinations(args)?;
+    check_bounds(args)?;
+    let configs = configs(args)?;
     check_sequence(args.sequence, &configs)?;
     if args.pipeline {
-        return run_pipeline(&args, &configs);
+        return run_pipeline(args, &configs);
     }
     let (warmup, runs) = (args.warmup.unwrap_or(3), args.runs.unwrap_or(20));
     let roles = Role::parse_list(&args.graphs, "--graphs")?;
-    let size_given = args.height.is_some() || args.width.is_some() || args.people.is_some();
-    let size = SynthSize {
-        height: args.height.unwrap_or(1024),
-        width: args.width.unwrap_or(1024),
-        people: args.people.unwrap_or(2),
-        sequence: args.sequence,
-    };
-    if args.sequence.is_some() && args.inputs == Some(InputSource::Golden) {
-        return Err(Error::invalid_input("--sequence", "only applies to made-up inputs").into());
-    }
-    let source = match args.inputs {
-        Some(s) => s,
-        None if size_given || args.sequence.is_some() => InputSource::Synth,
-        None => InputSource::Golden,
-    };
-
+    let (size, source) = graph_inputs(args)?;
     if !args.json {
         outln!(
             "{:<15} {:<22} {:>10} {:>10} {:>5}  shapes",
@@ -302,63 +288,120 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for role in roles {
         let mut medians = Vec::new();
         for config in &configs {
-            let timing = time_one(config, role, source, &size, &args, warmup, runs)?;
+            let timing = time_one(config, role, source, &size, args, warmup, runs)?;
             config.args.check_resolved(config.backend.as_ref())?;
             medians.push(timing.stats.median_ms);
-            if args.json {
-                let line = json!({
-                    "graph": role.name(),
-                    "config": config.shown(),
-                    "backend": config.backend.name(),
-                    "ep": timing.ep,
-                    "precision": timing.precision,
-                    "models": config.set.dir.display().to_string(),
-                    "inputs": timing.source,
-                    "median_ms": timing.stats.median_ms,
-                    "p90_ms": timing.stats.p90_ms,
-                    "min_ms": timing.stats.min_ms,
-                    "runs": timing.stats.runs,
-                    "warmup": warmup,
-                    "shapes": timing.shapes,
-                });
-                outln!("{line}")?;
-            } else {
-                let shapes: Vec<String> = timing
-                    .shapes
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect();
-                outln!(
-                    "{:<15} {:<22} {:>10.3} {:>10.3} {:>5}  {}",
-                    role.name(),
-                    config.shown(),
-                    timing.stats.median_ms,
-                    timing.stats.p90_ms,
-                    timing.stats.runs,
-                    shapes.join(" ")
-                )?;
-            }
+            print_timing(args, role, config, &timing, warmup)?;
         }
         if let [a, b] = medians[..] {
-            let ratio = a / b;
-            if args.json {
-                let line = json!({
-                    "graph": role.name(),
-                    "compare": [configs[0].shown(), configs[1].shown()],
-                    "ratio_of_medians": ratio,
-                });
-                outln!("{line}")?;
-            } else {
-                outln!(
-                    "{:<15} {:<22} {:>10.3}",
-                    role.name(),
-                    "ratio of medians",
-                    ratio
-                )?;
-            }
+            print_ratio(args, role, &configs, a / b)?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration the backend flags give, or the two of `--compare`.
+fn configs(args: &Args) -> anyhow::Result<Vec<Config>> {
+    if !args.compare.is_empty() {
+        return compare_configs(args);
+    }
+    args.backend.check()?;
+    let checksums = Checksums::from_skip_flag(args.skip_checksums);
+    Ok(vec![Config {
+        label: args.backend.label(),
+        backend_label: true,
+        args: args.backend.clone(),
+        backend: args.backend.make()?,
+        set: ModelSet::open(&args.models, checksums)?,
+    }])
+}
+
+/// The made-up input size and where single-graph inputs come from: golden inputs unless a size,
+/// a sequence length or `--inputs synth` asks for made-up ones.
+fn graph_inputs(args: &Args) -> Result<(SynthSize, InputSource), Error> {
+    let size_given = args.height.is_some() || args.width.is_some() || args.people.is_some();
+    let size = SynthSize {
+        height: args.height.unwrap_or(1024),
+        width: args.width.unwrap_or(1024),
+        people: args.people.unwrap_or(2),
+        sequence: args.sequence,
+    };
+    if args.sequence.is_some() && args.inputs == Some(InputSource::Golden) {
+        return Err(Error::invalid_input(
+            "--sequence",
+            "only applies to made-up inputs",
+        ));
+    }
+    let source = match args.inputs {
+        Some(s) => s,
+        None if size_given || args.sequence.is_some() => InputSource::Synth,
+        None => InputSource::Golden,
+    };
+    Ok((size, source))
+}
+
+/// One graph's timing on one configuration: a table row, or a JSON line with `--json`.
+fn print_timing(
+    args: &Args,
+    role: Role,
+    config: &Config,
+    timing: &Timing,
+    warmup: usize,
+) -> anyhow::Result<()> {
+    if args.json {
+        let line = json!({
+            "graph": role.name(),
+            "config": config.shown(),
+            "backend": config.backend.name(),
+            "ep": timing.ep,
+            "precision": timing.precision,
+            "models": config.set.dir.display().to_string(),
+            "inputs": timing.source,
+            "median_ms": timing.stats.median_ms,
+            "p90_ms": timing.stats.p90_ms,
+            "min_ms": timing.stats.min_ms,
+            "runs": timing.stats.runs,
+            "warmup": warmup,
+            "shapes": timing.shapes,
+        });
+        outln!("{line}")?;
+    } else {
+        let shapes: Vec<String> = timing
+            .shapes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        outln!(
+            "{:<15} {:<22} {:>10.3} {:>10.3} {:>5}  {}",
+            role.name(),
+            config.shown(),
+            timing.stats.median_ms,
+            timing.stats.p90_ms,
+            timing.stats.runs,
+            shapes.join(" ")
+        )?;
+    }
+    Ok(())
+}
+
+/// The ratio of the two configurations' medians for one graph.
+fn print_ratio(args: &Args, role: Role, configs: &[Config], ratio: f64) -> anyhow::Result<()> {
+    if args.json {
+        let line = json!({
+            "graph": role.name(),
+            "compare": [configs[0].shown(), configs[1].shown()],
+            "ratio_of_medians": ratio,
+        });
+        outln!("{line}")?;
+    } else {
+        outln!(
+            "{:<15} {:<22} {:>10.3}",
+            role.name(),
+            "ratio of medians",
+            ratio
+        )?;
+    }
+    Ok(())
 }
 
 /// The two configurations of `--compare`. A backend label sets the backend and provider of its
@@ -489,41 +532,9 @@ fn time_one(
 /// `--pipeline`: every configuration over the same layout, then the ratio of total medians.
 fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
     let (warmup, runs) = (args.warmup.unwrap_or(1), args.runs.unwrap_or(3));
-    let defaults = Params::default();
-    let params = Params {
-        prompt: "a group photo".into(),
-        steps: args.steps.unwrap_or(defaults.steps),
-        guidance: args.guidance.unwrap_or(defaults.guidance),
-        control_guidance_start: args
-            .control_guidance_start
-            .unwrap_or(defaults.control_guidance_start),
-        control_guidance_end: args
-            .control_guidance_end
-            .unwrap_or(defaults.control_guidance_end),
-        ..defaults
-    };
+    let params = pipeline_params(args);
     params.check()?;
-    let (layout, faces, layout_name) = match &args.layout {
-        Some(path) => (Layout::load(path, true)?, None, path.display().to_string()),
-        None => {
-            let layout = synth_layout(
-                args.width.unwrap_or(1024),
-                args.height.unwrap_or(1024),
-                args.people.unwrap_or(2),
-            )?;
-            for config in configs {
-                check_image_sides(
-                    &config.set.manifest.config,
-                    [
-                        ("--width", layout.width as usize),
-                        ("--height", layout.height as usize),
-                    ],
-                )?;
-            }
-            let faces = vec![synth_face()?; layout.people.len()];
-            (layout, Some(faces), "synth".to_string())
-        }
-    };
+    let (layout, faces, layout_name) = pipeline_layout(args, configs)?;
     let mut results: Vec<PipelineStats> = Vec::new();
     for config in configs {
         let stats = time_pipeline(
@@ -564,6 +575,71 @@ fn run_pipeline(args: &Args, configs: &[Config]) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The parameters of `bench --pipeline`: the sampling flags given, else `generate`'s defaults.
+fn pipeline_params(args: &Args) -> Params {
+    let defaults = Params::default();
+    Params {
+        prompt: "a group photo".into(),
+        steps: args.sampling.steps().unwrap_or(defaults.steps),
+        guidance: args.sampling.guidance().unwrap_or(defaults.guidance),
+        controlnet_scale: args
+            .sampling
+            .controlnet_scale()
+            .unwrap_or(defaults.controlnet_scale),
+        control_guidance_start: args
+            .control_guidance_start
+            .unwrap_or(defaults.control_guidance_start),
+        control_guidance_end: args
+            .control_guidance_end
+            .unwrap_or(defaults.control_guidance_end),
+        ..defaults
+    }
+}
+
+/// The layout the pipeline runs on: `--layout` (its photos' faces detected once, before timing)
+/// or a made-up pose-free one with a synthesized face per person; with its name for output.
+fn pipeline_layout(
+    args: &Args,
+    configs: &[Config],
+) -> anyhow::Result<(Layout, Option<Vec<idpatch::image_io::Rgb8>>, String)> {
+    Ok(match &args.layout {
+        Some(path) => {
+            let mut layout = Layout::load(path, true)?;
+            check_sides(configs, &layout, ["layout width", "layout height"])?;
+            // Faces without keypoints are detected once, before timing; the runs then read and
+            // align the photos as `generate` does.
+            let images = pipeline::load_face_images(&layout)?;
+            let config = &configs[0];
+            people::resolve_faces(&mut layout, &images, config.backend.as_ref(), &config.set)?;
+            (layout, None, path.display().to_string())
+        }
+        None => {
+            let layout = synth_layout(
+                args.width.unwrap_or(1024),
+                args.height.unwrap_or(1024),
+                args.people.unwrap_or(2),
+            )?;
+            check_sides(configs, &layout, ["--width", "--height"])?;
+            let faces = vec![synth_face()?; layout.people.len()];
+            (layout, Some(faces), "synth".to_string())
+        }
+    })
+}
+
+/// The layout's sides against every configuration's set, named as `names` (width, height).
+fn check_sides(configs: &[Config], layout: &Layout, names: [&str; 2]) -> Result<(), Error> {
+    for config in configs {
+        check_image_sides(
+            &config.set.manifest.config,
+            [
+                (names[0], layout.width as usize),
+                (names[1], layout.height as usize),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
 /// One `--pipeline --json` object: configuration, stages, ControlNet window and traffic.
 fn pipeline_json(
     config: &Config,
@@ -590,8 +666,9 @@ fn pipeline_json(
         "layout": layout_name,
         "size": {"height": layout.height, "width": layout.width},
         "people": layout.people.len(),
-        "steps": params.steps,
-        "guidance": params.guidance,
+        "num_inference_steps": params.steps,
+        "guidance_scale": params.guidance,
+        "controlnet_conditioning_scale": params.controlnet_scale,
         "batch": if params.do_classifier_free_guidance() { 2 } else { 1 },
         "control_guidance_start": params.control_guidance_start,
         "control_guidance_end": params.control_guidance_end,

@@ -10,7 +10,8 @@ use idpatch::calibrate::{
 };
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet, Role};
-use idpatch::pipeline::{Models, Params, Tokenizers};
+use idpatch::detect::people;
+use idpatch::pipeline::{self, check_image_sides, Models, Params, Tokenizers};
 use idpatch::{fsutil, limits, Error};
 
 use crate::backend_args::BackendArgs;
@@ -37,7 +38,8 @@ pub struct Args {
     #[arg(long, num_args = 1.., default_value = "calibration/layouts")]
     layouts: Vec<PathBuf>,
     /// Generations to run: generation g takes prompt g mod P and layout g mod L, seed --seed + g.
-    #[arg(long, default_value_t = 64)]
+    /// The default covers the first 16 bundled layouts once (every size, 1 to 5 people).
+    #[arg(long, default_value_t = 16)]
     generations: usize,
     /// Denoising steps per generation.
     #[arg(long, default_value_t = 50)]
@@ -51,7 +53,7 @@ pub struct Args {
     /// Most bytes of calibration data written: checked from the shapes before anything runs,
     /// and again before each file is written. A number of bytes, or with K, M or G (powers of
     /// 1024).
-    #[arg(long, default_value = "2G")]
+    #[arg(long, default_value = "1G")]
     max_bytes: String,
     #[command(flatten)]
     backend: BackendArgs,
@@ -177,9 +179,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     base.check()?;
     let prompts = read_prompts(&args.prompts)?;
-    let layouts = read_layouts(&args.layouts)?;
+    let mut layouts = read_layouts(&args.layouts)?;
     let partial = check_out(&args.out)?;
     let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
+    for (name, layout) in &layouts {
+        check_image_sides(
+            &set.manifest.config,
+            [
+                (name.as_str(), layout.width as usize),
+                (name.as_str(), layout.height as usize),
+            ],
+        )?;
+    }
+    let backend = args.backend.make()?;
+    // Photos without face keypoints get them from the set's face detector, once per layout, as
+    // `generate` does.
+    for (_, layout) in &mut layouts {
+        let images = pipeline::load_face_images(layout)?;
+        people::resolve_faces(layout, &images, backend.as_ref(), &set)?;
+    }
     let first = first_id_step(args.steps, base.id_injection_ratio);
     let plan = (0..args.generations)
         .map(|g| {
@@ -210,7 +228,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .into());
     }
     let tokenizers = Tokenizers::load(&set)?;
-    let backend = args.backend.make()?;
     let models = Models::load(backend.as_ref(), set)?;
     args.backend.check_resolved(backend.as_ref())?;
     note!(
@@ -228,16 +245,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         backend: backend.name(),
     };
     let result = record(&args, models, &tokenizers, &plan, &base, &run);
-    let (records, bytes, index) = match result {
+    let (records, bytes) = match result {
         Ok(done) => done,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(e);
         }
     };
-    let written = fsutil::write_atomic(&partial.join(INDEX_FILE), index.as_bytes())
-        .and_then(|_| std::fs::rename(&partial, &args.out).map_err(|e| Error::io(&args.out, e)));
-    if let Err(e) = written {
+    if let Err(e) = std::fs::rename(&partial, &args.out) {
+        let e = Error::io(&args.out, e);
         let _ = std::fs::remove_dir_all(&partial);
         return Err(e.into());
     }
@@ -256,7 +272,9 @@ struct Run<'a> {
     backend: String,
 }
 
-/// Runs the plan into `run.dir`; returns the record count, the bytes written and the index JSON.
+/// Runs the plan into `run.dir`, rewriting the index there after each generation (so that an
+/// interrupted run leaves a readable index of what is on disk); returns the record count and
+/// the bytes written.
 fn record(
     args: &Args,
     models: Models,
@@ -264,50 +282,64 @@ fn record(
     plan: &[(Generation, Layout)],
     base: &Params,
     run: &Run,
-) -> anyhow::Result<(usize, u64, String)> {
+) -> anyhow::Result<(usize, u64)> {
     let text_len = models.set.manifest.config.text_len;
     let recording = Recording::new(run.dir, run.max_bytes, text_len);
     let total = plan.len();
-    let models = idpatch::calibrate::run(
+    let model_set = models.set.name().to_string();
+    let model_set_digest = models.set.model_set_digest()?;
+    let graphs: std::collections::BTreeMap<String, String> = [Role::Unet, Role::Controlnet]
+        .into_iter()
+        .map(|r| Ok((r.name().to_string(), models.set.entry(r)?.sha256.clone())))
+        .collect::<Result<_, Error>>()?;
+    let write_index = |done: usize, complete: bool| -> Result<(usize, u64), Error> {
+        let (records, bytes) = recording.finish()?;
+        let generations: Vec<Generation> = plan[..done].iter().map(|(g, _)| g.clone()).collect();
+        let index = Index {
+            format: FORMAT,
+            complete,
+            models: args.models.display().to_string(),
+            model_set: model_set.clone(),
+            model_set_digest: model_set_digest.clone(),
+            graphs: graphs.clone(),
+            backend: run.backend.clone(),
+            steps: base.steps,
+            guidance: base.guidance,
+            controlnet_scale: base.controlnet_scale,
+            id_injection_ratio: base.id_injection_ratio,
+            samples_per_generation: args.samples_per_generation,
+            generations: &generations,
+            records: &records,
+            bytes,
+        };
+        let json = serde_json::to_string_pretty(&index)
+            .map_err(|e| Error::graph("calibrate", format!("index: {e}")))?;
+        fsutil::write_atomic(&run.dir.join(INDEX_FILE), (json + "\n").as_bytes())?;
+        Ok((records.len(), bytes))
+    };
+    let mut done = 0;
+    idpatch::calibrate::run(
         models,
         tokenizers,
         plan,
         base,
         &recording,
         &mut |g: &Generation| {
+            done += 1;
+            let (records, bytes) = write_index(done, false)?;
             note!(
-                "calibrate: generation {}/{total}: {}x{}, {} people, steps {:?}",
+                "calibrate: generation {}/{total}: {}x{}, {} people, steps {:?}; {records} \
+                 records, {bytes} B so far",
                 g.index + 1,
                 g.width,
                 g.height,
                 g.people,
                 g.steps
             );
+            Ok(())
         },
     )?;
-    let (records, bytes) = recording.finish()?;
-    let generations: Vec<Generation> = plan.iter().map(|(g, _)| g.clone()).collect();
-    let index = Index {
-        format: FORMAT,
-        models: args.models.display().to_string(),
-        model_set: models.set.name().to_string(),
-        model_set_digest: models.set.model_set_digest()?,
-        graphs: [Role::Unet, Role::Controlnet]
-            .into_iter()
-            .map(|r| Ok((r.name().to_string(), models.set.entry(r)?.sha256.clone())))
-            .collect::<Result<_, Error>>()?,
-        backend: run.backend.clone(),
-        steps: base.steps,
-        guidance: base.guidance,
-        controlnet_scale: base.controlnet_scale,
-        id_injection_ratio: base.id_injection_ratio,
-        samples_per_generation: args.samples_per_generation,
-        generations: &generations,
-        records: &records,
-        bytes,
-    };
-    let json = serde_json::to_string_pretty(&index)?;
-    Ok((records.len(), bytes, json + "\n"))
+    Ok(write_index(plan.len(), true)?)
 }
 
 #[cfg(test)]

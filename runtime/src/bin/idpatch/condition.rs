@@ -3,7 +3,8 @@ use std::process::ExitCode;
 
 use idpatch::backend::load_checked;
 use idpatch::condition::{self, ConditionOptions};
-use idpatch::layout::Layout;
+use idpatch::detect::people;
+use idpatch::layout::{Layout, MAX_PEOPLE};
 use idpatch::manifest::{Checksums, ModelSet, Role};
 use idpatch::{fsutil, npy, pipeline, Error};
 
@@ -73,15 +74,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     fsutil::check_outputs(&outputs, &inputs)?;
     let patches = match &args.patches {
         Some(path) => {
-            let patches = npy::read(path)?;
+            // At most a full layout's patches (3 x 64 x 64 float32 each): a larger header is
+            // refused unread; a smaller wrong shape gets the shape check's own message.
+            let most = MAX_PEOPLE * 3 * condition::PATCH * condition::PATCH * 4;
+            let patches = npy::read_at_most(path, most as u64)?;
             condition::check_patches(&patches, layout.people.len(), "--patches")?;
             patches
         }
         None => {
             let models = args.models.as_deref().unwrap_or(Path::new("models/tiny"));
             let set = ModelSet::open(models, Checksums::from_skip_flag(args.skip_checksums))?;
-            let faces = pipeline::face_batch(&layout)?;
+            let images = pipeline::load_face_images(&layout)?;
             let backend = args.backend.make()?;
+            let mut layout = layout.clone();
+            people::resolve_faces(&mut layout, &images, backend.as_ref(), &set)?;
+            let faces = pipeline::face_batch_with(&layout, Some(&images))?;
             let mut arcface = load_checked(backend.as_ref(), &set, Role::Arcface)?;
             args.backend.check_resolved(backend.as_ref())?;
             let mut patch_proj = load_checked(backend.as_ref(), &set, Role::PatchProj)?;

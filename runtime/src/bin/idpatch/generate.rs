@@ -1,19 +1,23 @@
 //! `idpatch generate`: a group photo from a layout, face photos and a prompt.
 
 use std::io::IsTerminal;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use idpatch::detect::people;
 use idpatch::image_io;
-use idpatch::layout::Layout;
+use idpatch::infotext::{self, RunRecord};
+use idpatch::layout::{Layout, MAX_SIDE};
 use idpatch::manifest::{Checksums, ModelSet};
-use idpatch::pipeline::{self, Models, Params, Tokenizers};
+use idpatch::pipeline::{self, Generated, Job, Models, Params, StepProgress, Tokenizers};
 use idpatch::scheduler::SchedulerKind;
 use idpatch::{fsutil, npy, Error};
 
 use crate::backend_args::BackendArgs;
 use crate::output::{note, note_inline};
+use crate::sampling_args::SamplingArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,16 +33,8 @@ pub struct Args {
     /// Graph set directory (holding manifest.json).
     #[arg(long, default_value = "models/tiny")]
     models: PathBuf,
-    /// Denoising steps (1 to 1000).
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
-    /// Classifier-free guidance scale (>= 0). Above 1 the graphs run on [negative, prompt];
-    /// at 1 or below on the prompt alone (batch 1, half the work; no --negative-prompt then).
-    #[arg(long, default_value_t = 5.5, allow_negative_numbers = true)]
-    guidance: f64,
-    /// ControlNet conditioning scale.
-    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
-    controlnet_scale: f64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Share of the steps (the last ones) that see the ID tokens, in [0, 1].
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     id_injection_ratio: f64,
@@ -98,45 +94,46 @@ fn check_paths(args: &Args, layout: &Layout) -> Result<(), Error> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    generate(&args).map_err(|e| args.sampling.as_typed(e))
+}
+
+fn generate(args: &Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
 
     // Everything a user can get wrong is checked before a graph is loaded.
-    let scheduler = args
-        .scheduler
-        .as_deref()
-        .map(str::parse::<SchedulerKind>)
-        .transpose()?;
-    let params = Params {
-        prompt: args.prompt.clone(),
-        negative_prompt: args.negative_prompt.clone(),
-        steps: args.steps,
-        guidance: args.guidance,
-        controlnet_scale: args.controlnet_scale,
-        id_injection_ratio: args.id_injection_ratio,
-        scheduler,
-        seed: args.seed,
-        bf16_positions: args.bf16_positions,
-        control_guidance_start: args.control_guidance_start,
-        control_guidance_end: args.control_guidance_end,
-    };
+    let params = params(args)?;
     params.check()?;
     args.backend.check()?;
-    let layout = Layout::load(&args.layout, true)?;
-    check_paths(&args, &layout)?;
+    let mut layout = Layout::load(&args.layout, true)?;
+    check_paths(args, &layout)?;
     let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
+    let init_noise = check_layout_and_read_noise(args, &set, &layout)?;
     let tokenizers = Tokenizers::load(&set)?;
-    let init_noise = args.init_noise.as_deref().map(npy::read).transpose()?;
-    let job = pipeline::prepare(
+    let decode_started = Instant::now();
+    let face_images = pipeline::load_face_images(&layout)?;
+    let decode = decode_started.elapsed();
+
+    let backend = args.backend.make()?;
+    // Photos without face keypoints get them from the face detector (its three small graphs).
+    let detection = people::resolve_faces(&mut layout, &face_images, backend.as_ref(), &set)?;
+    if !detection.is_zero() {
+        note!(
+            "face detection (MTCNN): {:.3} s, graphs loaded and run (counted under \"other\")",
+            detection.as_secs_f64()
+        );
+    }
+    let mut job = pipeline::prepare_with_faces(
         &set,
         &tokenizers,
         layout,
         params,
         init_noise.map(|t| (t, "--init-noise")),
+        Some(&face_images),
     )?;
+    job.timings.faces += decode;
     for warning in job.warnings() {
         note!("warning: {warning}");
     }
-    let scheduler_name = job.scheduler.kind().name();
     let set_name = set.name().to_string();
     let digest = set.model_set_digest()?;
     let checksums = match set.checksums {
@@ -144,35 +141,106 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Checksums::Skip => "skipped",
     };
 
-    let backend = args.backend.make()?;
     let load_started = Instant::now();
     let mut models = Models::load(backend.as_ref(), set)?;
     let load_graphs = load_started.elapsed();
     args.backend.check_resolved(backend.as_ref())?;
 
-    let show_progress = std::io::stderr().is_terminal();
-    let mut progress = |done: usize, total: usize| {
-        if show_progress {
-            note_inline!("\rdenoising: step {done}/{total}");
-            if done == total {
-                note!();
-            }
-        }
-    };
-    let mut generated = pipeline::generate(&mut models, &job, &mut progress)?;
+    let mut generated = pipeline::generate(&mut models, &job, &mut progress())?;
     generated.timings.load_graphs = load_graphs;
 
     // What ran: `--ep auto` is recorded as the provider it settled on.
     let run = RunRecord {
-        scheduler: scheduler_name,
-        set_name: &set_name,
-        digest: &digest,
-        checksums,
+        set_name,
+        digest,
+        checksums: checksums.to_string(),
         backend: backend.name(),
     };
-    let chunks = png_text(&args, &job.params, &run);
+    write_outputs(args, &job, &generated, &run)?;
+    note!("{}", generated.timings.summary(started.elapsed()));
+    if let Some(traffic) = &generated.traffic {
+        note!("{}", traffic.summary());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Everything about the layout that needs no graph, checked before the face detector runs: its
+/// sides against the set; then `--init-noise`, read when given. A noise header larger than the
+/// largest layout's noise is refused unread; a smaller wrong shape gets the shape check's own
+/// message in `prepare`.
+fn check_layout_and_read_noise(
+    args: &Args,
+    set: &ModelSet,
+    layout: &Layout,
+) -> anyhow::Result<Option<idpatch::Tensor>> {
+    let config = &set.manifest.config;
+    pipeline::check_image_sides(
+        config,
+        [
+            ("layout width", layout.width as usize),
+            ("layout height", layout.height as usize),
+        ],
+    )?;
+    let largest_latent = (MAX_SIDE as usize / config.vae_scale_factor) as u64;
+    let noise_bytes = (config.latent_channels * 4) as u64 * largest_latent * largest_latent;
+    Ok(args
+        .init_noise
+        .as_deref()
+        .map(|path| npy::read_at_most(path, noise_bytes))
+        .transpose()?)
+}
+
+/// The generation parameters the flags give (range checks are [`Params::check`]'s).
+fn params(args: &Args) -> anyhow::Result<Params> {
+    let scheduler = args
+        .scheduler
+        .as_deref()
+        .map(str::parse::<SchedulerKind>)
+        .transpose()?;
+    let defaults = Params::default();
+    Ok(Params {
+        prompt: args.prompt.clone(),
+        negative_prompt: args.negative_prompt.clone(),
+        steps: args.sampling.steps().unwrap_or(defaults.steps),
+        guidance: args.sampling.guidance().unwrap_or(defaults.guidance),
+        controlnet_scale: args
+            .sampling
+            .controlnet_scale()
+            .unwrap_or(defaults.controlnet_scale),
+        id_injection_ratio: args.id_injection_ratio,
+        scheduler,
+        seed: args.seed,
+        bf16_positions: args.bf16_positions,
+        control_guidance_start: args.control_guidance_start,
+        control_guidance_end: args.control_guidance_end,
+    })
+}
+
+/// The per-step callback: "denoising: step i/N" on one line of stderr when it is a terminal;
+/// it never stops the loop.
+fn progress() -> impl FnMut(&StepProgress) -> ControlFlow<()> {
+    let show_progress = std::io::stderr().is_terminal();
+    move |p: &StepProgress| {
+        if show_progress {
+            note_inline!("\rdenoising: step {}/{}", p.step, p.steps);
+            if p.step == p.steps {
+                note!();
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Encodes every output first, then writes them all together: none or all appear.
+fn write_outputs(
+    args: &Args,
+    job: &Job,
+    generated: &Generated,
+    run: &RunRecord,
+) -> anyhow::Result<()> {
+    let init_noise = args.init_noise.as_ref().map(|p| p.display().to_string());
+    let chunks = infotext::png_text(job, run, init_noise.as_deref());
     let text: Vec<(&str, &str)> = chunks.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    // Every output is encoded first, then all are written together: none or all appear.
     let image_png = image_io::encode_png(&generated.image, &text)?;
     let mut files: Vec<(&Path, Vec<u8>)> = vec![(&args.out, image_png)];
     if let Some(path) = &args.save_condition {
@@ -184,51 +252,5 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let files: Vec<(&Path, &[u8])> = files.iter().map(|(p, b)| (*p, b.as_slice())).collect();
     fsutil::write_all_atomic(&files)?;
-    note!("{}", generated.timings.summary(started.elapsed()));
-    if let Some(traffic) = &generated.traffic {
-        note!("{}", traffic.summary());
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// What the PNG records about the run beside the parameters.
-struct RunRecord<'a> {
-    scheduler: &'a str,
-    set_name: &'a str,
-    digest: &'a str,
-    /// `verified` or `skipped`.
-    checksums: &'a str,
-    /// The backend that ran, as [`idpatch::backend::Backend::name`] gives it.
-    backend: String,
-}
-
-/// The PNG text chunks: every generation parameter, the model set and the software.
-fn png_text(args: &Args, p: &Params, run: &RunRecord) -> Vec<(&'static str, String)> {
-    let mut text = vec![
-        ("prompt", p.prompt.clone()),
-        ("negative_prompt", p.negative_prompt.clone()),
-        ("seed", p.seed.to_string()),
-        ("steps", p.steps.to_string()),
-        ("guidance", p.guidance.to_string()),
-        ("controlnet_scale", p.controlnet_scale.to_string()),
-        ("id_injection_ratio", p.id_injection_ratio.to_string()),
-        (
-            "control_guidance_start",
-            p.control_guidance_start.to_string(),
-        ),
-        ("control_guidance_end", p.control_guidance_end.to_string()),
-        ("scheduler", run.scheduler.to_string()),
-        ("model_set", run.set_name.to_string()),
-        ("model_set_digest", run.digest.to_string()),
-        ("model_set_checksums", run.checksums.to_string()),
-        ("backend", run.backend.clone()),
-        ("software", format!("idpatch {}", env!("CARGO_PKG_VERSION"))),
-    ];
-    if let Some(path) = &args.init_noise {
-        text.push(("init_noise", path.display().to_string()));
-    }
-    if p.bf16_positions {
-        text.push(("bf16_positions", "true".to_string()));
-    }
-    text
+    Ok(())
 }

@@ -3,15 +3,21 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod backend_args;
 mod bench;
 mod calibrate;
 mod condition;
+mod eval;
+mod faces;
 mod generate;
+mod layout;
 mod output;
+mod sampling_args;
 mod schedule;
+#[cfg(feature = "serve")]
+mod serve;
 mod tokenize;
 mod validate;
 
@@ -43,14 +49,35 @@ enum Command {
     Schedule(schedule::Args),
     /// Print the token ids both SDXL tokenizers give a prompt.
     Tokenize(tokenize::Args),
+    /// Detect the faces in a photo (MTCNN): boxes, scores and five landmarks.
+    Faces(faces::Args),
+    /// Write a pose-free layout with the people where the faces are in a reference photo.
+    Layout(layout::Args),
+    /// Score generated images: each person's face similarity to its reference (Face Sim) and
+    /// whether it is the best match (ID-Pos Acc).
+    Eval(eval::Args),
+    /// Serve generations over HTTP (POST /v1/generations), one worker per device.
+    #[cfg(feature = "serve")]
+    Serve(serve::Args),
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match parse_args() {
         Ok(cli) => cli,
-        Err(e) => {
+        // --help and --version: clap's own output, exit 0.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        // A usage error: its first line only (clap adds usage and tips on further lines), as
+        // every other input error is one line; exit 2.
+        Err(e) => {
+            let rendered = e.render().to_string();
+            output::note!(
+                "{}",
+                rendered.lines().next().unwrap_or("error: bad arguments")
+            );
+            return ExitCode::from(2);
         }
     };
     let result = match cli.command {
@@ -61,6 +88,11 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Tokenize(args) => tokenize::run(args),
+        Command::Faces(args) => faces::run(args),
+        Command::Layout(args) => layout::run(args),
+        Command::Eval(args) => eval::run(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(code) => code,
@@ -69,13 +101,35 @@ fn main() -> ExitCode {
         Err(err) => {
             // One line, whatever the message: ONNX Runtime's own messages may hold newlines.
             let message = format!("{err:#}");
-            output::note!(
-                "error: {}",
-                message.split_whitespace().collect::<Vec<_>>().join(" ")
-            );
+            // Control characters (from a file name, say) are shown escaped, never sent to the
+            // terminal.
+            let line: String = message
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .flat_map(|c| {
+                    if c.is_control() {
+                        c.escape_unicode().collect::<Vec<_>>()
+                    } else {
+                        vec![c]
+                    }
+                })
+                .collect();
+            output::note!("error: {line}");
             ExitCode::from(exit_code_of(&err))
         }
     }
+}
+
+/// The command line, parsed with negative numbers taken as values (`--seed -1` reaches the
+/// flag's own range check instead of being read as an unknown flag `-1`).
+fn parse_args() -> Result<Cli, clap::Error> {
+    let mut command = Cli::command();
+    for sub in command.get_subcommands_mut() {
+        *sub = std::mem::take(sub).allow_negative_numbers(true);
+    }
+    Cli::from_arg_matches(&command.try_get_matches()?)
 }
 
 /// 2 for input and usage errors (the library says which), 1 for everything else.

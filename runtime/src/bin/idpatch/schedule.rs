@@ -11,15 +11,20 @@ pub struct Args {
     #[arg(long, value_parser = parse_kind)]
     scheduler: Option<SchedulerKind>,
 
-    /// Number of inference steps.
-    #[arg(long, default_value_t = 50)]
-    steps: usize,
+    /// Number of inference steps [default: 50].
+    #[arg(long, value_name = "N")]
+    steps: Option<usize>,
+    /// diffusers' name for --steps.
+    #[arg(long, value_name = "N", conflicts_with = "steps")]
+    num_inference_steps: Option<usize>,
 
     /// A diffusers scheduler_config.json (default: the SDXL base configuration).
     #[arg(long)]
     config: Option<PathBuf>,
 
-    /// Print one JSON object with `timesteps`, `sigmas` (null for DDIM) and `init_noise_sigma`.
+    /// Print one JSON object with diffusers' names: `_class_name`, `num_inference_steps`,
+    /// `timesteps`, `sigmas` (null for DDIM) and `init_noise_sigma` (and `scheduler`, the
+    /// --scheduler name).
     #[arg(long)]
     json: bool,
 }
@@ -29,12 +34,20 @@ fn parse_kind(name: &str) -> Result<SchedulerKind, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    schedule(&args).map_err(|e| match args.num_inference_steps {
+        Some(_) => crate::sampling_args::rename_flag(e, "--steps", "--num-inference-steps"),
+        None => e,
+    })
+}
+
+fn schedule(args: &Args) -> anyhow::Result<ExitCode> {
+    let steps = args.steps.or(args.num_inference_steps).unwrap_or(50);
     let config = match &args.config {
         Some(path) => SchedulerConfig::from_file(path, args.scheduler)?,
         None => SchedulerConfig::sdxl(args.scheduler),
     };
     let mut scheduler = Scheduler::new(config);
-    scheduler.set_timesteps(args.steps)?;
+    scheduler.set_timesteps(steps)?;
     // Integral timesteps (all but Euler's Karras ones) print as integers.
     let timesteps: Vec<serde_json::Value> = scheduler
         .timesteps()
@@ -50,6 +63,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.json {
         let object = serde_json::json!({
             "scheduler": scheduler.kind().name(),
+            "_class_name": scheduler.kind().class_name(),
+            "num_inference_steps": steps,
             "timesteps": timesteps,
             "sigmas": scheduler.sigmas(),
             "init_noise_sigma": scheduler.init_noise_sigma(),

@@ -1,22 +1,20 @@
 //! `idpatch tokenize`: the token ids both SDXL tokenizers give a prompt.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::output::{note, outln};
-use anyhow::Context;
 use idpatch::checksum::ChecksumCache;
 use idpatch::limits::MAX_PROMPT_BYTES;
 use idpatch::manifest::{open_tokenizers, Checksums};
-use idpatch::tokenizer::{ClipTokenizer, Encoding, MAX_TEXT_TOKENS};
+use idpatch::tokenizer::{Encoding, Tokenizers, MAX_TEXT_TOKENS};
 use idpatch::Error;
 use serde_json::Value;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Graph set directory. Tokenizer files come from its manifest.json `tokenizers` section
-    /// (their sha256 verified); when there is no manifest or no such section, from
-    /// tokenizer/vocab.json and tokenizer/merges.txt with SDXL's pad ids (49407 and 0).
+    /// Graph set directory. The tokenizer.json files come from its manifest.json `tokenizers`
+    /// section (their sha256 verified); the rest of the set is not needed.
     #[arg(long, default_value = "models/tiny")]
     models: PathBuf,
     /// Do not verify the tokenizer files against the manifest's sha256.
@@ -29,8 +27,6 @@ pub struct Args {
     prompt: String,
 }
 
-const NAMES: [&str; 2] = ["tokenizer", "tokenizer_2"];
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.prompt.len() > MAX_PROMPT_BYTES {
         return Err(Error::invalid_input(
@@ -42,21 +38,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
         .into());
     }
+    let checksums = Checksums::from_skip_flag(args.skip_checksums);
+    let section = open_tokenizers(&args.models, checksums, &ChecksumCache::from_env())?;
+    let tokenizers = Tokenizers::from_section(&args.models, &section)?;
     let mut encodings = Vec::new();
-    for (name, files) in NAMES.iter().zip(tokenizer_files(
-        &args.models,
-        Checksums::from_skip_flag(args.skip_checksums),
-    )?) {
-        let tokenizer = ClipTokenizer::from_files(&files.vocab, &files.merges, files.pad_token_id)
-            .with_context(|| format!("loading {name}"))?;
-        let encoding = tokenizer.encode(&args.prompt);
+    for (name, tokenizer) in tokenizers.named() {
+        let encoding = tokenizer.encode(&args.prompt)?;
         if encoding.truncated {
             note!(
                 "warning: {name}: the prompt has more than {MAX_TEXT_TOKENS} tokens (77 with the \
                  start and end tokens); the rest is ignored"
             );
         }
-        encodings.push((*name, encoding));
+        encodings.push((name, encoding));
     }
     if args.json {
         let object: serde_json::Map<String, Value> = encodings
@@ -80,38 +74,4 @@ fn print_plain(name: &str, encoding: &Encoding) -> anyhow::Result<()> {
         ids.len(),
         ids.join(" ")
     )
-}
-
-struct TokenizerFiles {
-    vocab: PathBuf,
-    merges: PathBuf,
-    pad_token_id: i64,
-}
-
-/// The files of `tokenizer` and `tokenizer_2`: from the manifest when it lists them (paths and
-/// checksums checked as when a set is opened), else SDXL's layout.
-fn tokenizer_files(models: &Path, checksums: Checksums) -> anyhow::Result<Vec<TokenizerFiles>> {
-    let Some(section) = open_tokenizers(models, checksums, &ChecksumCache::from_env())? else {
-        let dir = models.join("tokenizer");
-        return Ok([49407, 0]
-            .into_iter()
-            .map(|pad_token_id| TokenizerFiles {
-                vocab: dir.join("vocab.json"),
-                merges: dir.join("merges.txt"),
-                pad_token_id,
-            })
-            .collect());
-    };
-    Ok(NAMES
-        .iter()
-        .map(|name| {
-            // open_tokenizers checked that both are listed.
-            let files = &section[*name];
-            TokenizerFiles {
-                vocab: models.join(&files.vocab),
-                merges: models.join(&files.merges),
-                pad_token_id: files.pad_token_id,
-            }
-        })
-        .collect())
 }

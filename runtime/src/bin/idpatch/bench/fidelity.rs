@@ -6,21 +6,21 @@
 //! images, and per person the ArcFace similarity (A's ArcFace graph) of the two images' faces at
 //! the person's position ([`idpatch::fidelity::face_similarities`]).
 
+use std::ops::ControlFlow;
 use std::process::ExitCode;
 
 use idpatch::backend::{load_checked, to_host_f32, Value};
-use idpatch::bench::{golden_inputs, synth_face, synth_inputs, synth_layout, SynthSize};
+use idpatch::bench::{golden_inputs, synth_inputs, SynthSize};
 use idpatch::fidelity::{
     face_crop_side, face_similarities, output_error, psnr, GenerationFidelity, OutputError,
 };
-use idpatch::image_io::Rgb8;
 use idpatch::layout::Layout;
 use idpatch::manifest::Role;
-use idpatch::pipeline::{self, check_image_sides, Models, Params, Tokenizers};
+use idpatch::pipeline::{self, Models, Params, Tokenizers};
 use idpatch::{Error, Tensor};
 use serde_json::json;
 
-use super::{check_bounds, compare_configs, Args, Config, InputSource};
+use super::{check_bounds, compare_configs, pipeline_layout, pipeline_params, Args, Config, InputSource};
 use crate::output::{note, outln};
 
 /// Most seeds one comparison runs.
@@ -166,43 +166,6 @@ fn print_graph(
     Ok(())
 }
 
-/// The layout, face images and settings the generations use.
-fn generation_setup(args: &Args, configs: &[Config]) -> anyhow::Result<(Layout, Option<Vec<Rgb8>>, Params)> {
-    let defaults = Params::default();
-    let params = Params {
-        prompt: "a group photo".into(),
-        steps: args.steps.unwrap_or(defaults.steps),
-        guidance: args.guidance.unwrap_or(defaults.guidance),
-        control_guidance_start: args
-            .control_guidance_start
-            .unwrap_or(defaults.control_guidance_start),
-        control_guidance_end: args
-            .control_guidance_end
-            .unwrap_or(defaults.control_guidance_end),
-        ..defaults
-    };
-    params.check()?;
-    if let Some(path) = &args.layout {
-        return Ok((Layout::load(path, true)?, None, params));
-    }
-    let layout = synth_layout(
-        args.width.unwrap_or(1024),
-        args.height.unwrap_or(1024),
-        args.people.unwrap_or(2),
-    )?;
-    for config in configs {
-        check_image_sides(
-            &config.set.manifest.config,
-            [
-                ("--width", layout.width as usize),
-                ("--height", layout.height as usize),
-            ],
-        )?;
-    }
-    let faces = vec![synth_face()?; layout.people.len()];
-    Ok((layout, Some(faces), params))
-}
-
 /// The generations of a comparison and what they ran with.
 struct Generations {
     layout: Layout,
@@ -214,7 +177,9 @@ struct Generations {
 
 /// One generation per seed with each configuration, compared.
 fn compare_generations(configs: &[Config], args: &Args) -> anyhow::Result<Generations> {
-    let (layout, faces, params) = generation_setup(args, configs)?;
+    let params = pipeline_params(args);
+    params.check()?;
+    let (layout, faces, _) = pipeline_layout(args, configs)?;
     let mut loaded = Vec::with_capacity(2);
     for config in configs {
         let tokenizers = Tokenizers::load(&config.set)?;
@@ -238,7 +203,9 @@ fn compare_generations(configs: &[Config], args: &Args) -> anyhow::Result<Genera
                 None,
                 faces.as_deref(),
             )?;
-            runs.push(pipeline::generate(models, &job, &mut |_, _| {})?);
+            runs.push(pipeline::generate(models, &job, &mut |_| {
+                ControlFlow::Continue(())
+            })?);
         }
         let arcface = loaded[0].1.arcface.as_mut();
         let face_similarity =
