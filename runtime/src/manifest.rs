@@ -7,15 +7,19 @@
 //! matches its sha256, through the [`ChecksumCache`] so that unchanged files are not re-read.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+mod paths;
 
 pub use crate::checksum::sha256_file;
 use crate::checksum::{is_sha256, sha256_hex, ChecksumCache};
 use crate::scheduler::SchedulerConfig;
 use crate::tensor::DType;
 use crate::{Error, Result};
+pub use paths::PRECISIONS;
+use paths::{check_base, check_precision, check_set_path};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Largest `manifest.json` read, in bytes (a full set's is about 30 KB).
@@ -622,74 +626,6 @@ fn check_file_entry(
         ));
     }
     Ok(())
-}
-
-/// Precisions a set or a graph entry may declare.
-pub const PRECISIONS: [&str; 3] = ["fp32", "fp16", "int8"];
-
-fn check_precision(what: &str, precision: &str) -> std::result::Result<(), String> {
-    if PRECISIONS.contains(&precision) {
-        return Ok(());
-    }
-    Err(format!(
-        "{what} is {precision:?}; must be one of {}",
-        PRECISIONS.join(", ")
-    ))
-}
-
-/// `base` must name a folder beside the set: one plain path component, an existing directory.
-fn check_base(dir: &Path, base: &str) -> std::result::Result<(), String> {
-    let mut components = Path::new(base).components();
-    let single = matches!(
-        (components.next(), components.next()),
-        (Some(Component::Normal(_)), None)
-    );
-    if !single || base.contains(['/', '\\']) {
-        return Err(format!(
-            "base {base:?} must be the name of a folder beside the set (no path separators, \
-             no `..`)"
-        ));
-    }
-    let folder = dir.join("..").join(base);
-    if !folder.is_dir() {
-        return Err(format!(
-            "base {base:?}: folder {} does not exist",
-            folder.display()
-        ));
-    }
-    Ok(())
-}
-
-/// A manifest path must be relative and stay inside the set: no root, no drive, no `..`; with a
-/// `base`, it may instead start with `../<base>/` and stay inside that folder.
-fn check_set_path(
-    what: &str,
-    key: &str,
-    file: &str,
-    base: Option<&str>,
-) -> std::result::Result<(), String> {
-    let full = Path::new(file);
-    let path = base
-        .and_then(|b| full.strip_prefix(Path::new("..").join(b)).ok())
-        .unwrap_or(full);
-    let problem = if file.is_empty() {
-        "is empty"
-    } else if path
-        .components()
-        .any(|c| matches!(c, Component::RootDir | Component::Prefix(_)))
-    {
-        "is absolute; manifest paths are relative to the set directory"
-    } else if path.components().any(|c| c == Component::ParentDir) {
-        match base {
-            Some(_) => "leaves the set directory (`..`) other than into `../<base>/`",
-            None => "leaves the set directory (`..`)",
-        }
-    } else if !path.components().any(|c| matches!(c, Component::Normal(_))) {
-        "names no file in the set"
-    } else {
-        return Ok(());
-    };
-    Err(format!("{what}: {key} {file:?} {problem}"))
 }
 
 /// Checks that every file exists and, with `Verify`, matches its sha256 (each distinct file

@@ -119,4 +119,18 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn int8_on_cuda_names_the_graph_and_the_provider_that_has_int8_kernels() {
+        let line = Notice::Int8OnCuda {
+            graph: Role::Controlnet,
+        }
+        .to_string();
+        assert!(line.starts_with("note: graph controlnet: INT8"), "{line}");
+        assert!(line.contains("no speed-up over FP16"), "{line}");
+        assert!(
+            line.ends_with("INT8 on a GPU needs --ep tensorrt"),
+            "{line}"
+        );
+    }
 }
