@@ -512,8 +512,13 @@ mod tests {
         assert_eq!(npy::read(&dir.path().join(&a)).unwrap(), t);
         // Past the bound: an error naming the flag, and no file.
         let big = Tensor::from_f32(vec![1000], vec![2.0; 1000]).unwrap();
-        let err = write_input(&mut st, "sample", &big).unwrap_err().to_string();
+        let err = write_input(&mut st, "sample", &big)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("--max-bytes"), "{err}");
-        assert_eq!(std::fs::read_dir(dir.path().join("g003")).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("g003")).unwrap().count(),
+            1
+        );
     }
 }

@@ -8,9 +8,9 @@ use std::time::Instant;
 use idpatch::calibrate::{
     first_id_step, planned_bytes, sampled_steps, Generation, Index, Recording, FORMAT, INDEX_FILE,
 };
+use idpatch::detect::people;
 use idpatch::layout::Layout;
 use idpatch::manifest::{Checksums, ModelSet, Role};
-use idpatch::detect::people;
 use idpatch::pipeline::{self, check_image_sides, Models, Params, Tokenizers};
 use idpatch::{fsutil, limits, Error};
 
@@ -145,7 +145,10 @@ fn check_out(out: &Path) -> Result<PathBuf, Error> {
             return Err(bad(format!("{} exists and is not empty", out.display())));
         }
     } else if out.exists() {
-        return Err(bad(format!("{} exists and is not a directory", out.display())));
+        return Err(bad(format!(
+            "{} exists and is not a directory",
+            out.display()
+        )));
     }
     let name = out
         .file_name()
@@ -155,7 +158,10 @@ fn check_out(out: &Path) -> Result<PathBuf, Error> {
         _ => Path::new("."),
     };
     if !parent.is_dir() {
-        return Err(bad(format!("directory {} does not exist", parent.display())));
+        return Err(bad(format!(
+            "directory {} does not exist",
+            parent.display()
+        )));
     }
     let mut partial = name.to_os_string();
     partial.push(format!(".partial-{}", std::process::id()));
@@ -169,7 +175,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !(1..=MAX_GENERATIONS).contains(&args.generations) {
         return Err(Error::invalid_input(
             "--generations",
-            format!("{} is not between 1 and {MAX_GENERATIONS}", args.generations),
+            format!(
+                "{} is not between 1 and {MAX_GENERATIONS}",
+                args.generations
+            ),
         )
         .into());
     }
@@ -352,7 +361,16 @@ mod tests {
         assert_eq!(parse_bytes("64K").unwrap(), 65_536);
         assert_eq!(parse_bytes("2g").unwrap(), 2 << 30);
         assert_eq!(parse_bytes("1T").unwrap(), 1 << 40);
-        for bad in ["", "0", "-1", "1.5G", "2X", "2T", "99999999999999999999", "G"] {
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "1.5G",
+            "2X",
+            "2T",
+            "99999999999999999999",
+            "G",
+        ] {
             let err = parse_bytes(bad).unwrap_err().to_string();
             assert!(err.starts_with("--max-bytes"), "{bad}: {err}");
         }
