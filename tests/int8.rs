@@ -42,13 +42,19 @@ fn int8_set_shares_the_fp32_graphs_and_quantizes_the_denoisers() {
         // Goldens are always the FP32 set's: the PyTorch outputs.
         assert_eq!(
             entry.golden.as_deref(),
-            fp32.golden.as_ref().map(|g| format!("../tiny/{g}")).as_deref()
+            fp32.golden
+                .as_ref()
+                .map(|g| format!("../tiny/{g}"))
+                .as_deref()
         );
         if matches!(role, Role::Unet | Role::Controlnet) {
             assert_eq!(entry.precision, "int8", "{role}");
             assert!(!entry.file.starts_with(".."), "{role}: {}", entry.file);
             assert_ne!(entry.sha256, fp32.sha256);
-            assert_eq!(entry.inputs, fp32.inputs, "{role}: same IO as the FP32 graph");
+            assert_eq!(
+                entry.inputs, fp32.inputs,
+                "{role}: same IO as the FP32 graph"
+            );
         } else {
             assert_eq!(entry.file, format!("../tiny/{}", fp32.file), "{role}");
             assert_eq!(entry.sha256, fp32.sha256, "{role}");
@@ -71,7 +77,13 @@ fn int8_set_validates_against_the_fp32_goldens_on_ort_cpu_and_tract() {
         vec!["--backend", "ort", "--ep", "cpu", "--ort-lib", lib.as_str()],
         vec!["--backend", "tract"],
     ] {
-        let mut args = vec!["validate", "--models", models, "--graphs", "unet,controlnet,arcface"];
+        let mut args = vec![
+            "validate",
+            "--models",
+            models,
+            "--graphs",
+            "unet,controlnet,arcface",
+        ];
         args.extend(&backend);
         let (code, stdout, stderr) = idpatch(&args);
         assert_eq!(code, 0, "{backend:?}\n{stdout}\n{stderr}");
@@ -92,7 +104,10 @@ fn int8_set_validates_against_the_fp32_goldens_on_ort_cpu_and_tract() {
 fn latents(backend: &[&str], dir: &Path) -> [Vec<f32>; 2] {
     let layout = tiny_dir().join("examples/layout.json");
     [tiny_dir(), int8_dir()].map(|models| {
-        let out = dir.join(format!("{}.png", models.file_name().unwrap().to_str().unwrap()));
+        let out = dir.join(format!(
+            "{}.png",
+            models.file_name().unwrap().to_str().unwrap()
+        ));
         let latents = out.with_extension("npy");
         let mut args: Vec<&str> = vec![
             "generate",
@@ -130,7 +145,10 @@ fn int8_set_generates_on_ort_cpu_and_tract_close_to_fp32() {
         vec!["--backend", "tract"],
     ] {
         let [fp32, int8] = latents(&backend, dir.path());
-        assert_ne!(fp32, int8, "{backend:?}: INT8 latents equal FP32 bit for bit");
+        assert_ne!(
+            fp32, int8,
+            "{backend:?}: INT8 latents equal FP32 bit for bit"
+        );
         let cosine = idpatch::fidelity::cosine(&fp32, &int8);
         // Measured 0.99..: see calibration/README.md; a broken quantization lands far below.
         assert!(cosine > 0.9, "{backend:?}: final-latent cosine {cosine}");
@@ -143,19 +161,54 @@ fn bench_compares_precisions_for_speed_and_fidelity() {
     let (tiny, int8) = (tiny_dir(), int8_dir());
     let sets = [tiny.to_str().unwrap(), int8.to_str().unwrap()];
     let (code, stdout, stderr) = idpatch(&[
-        "bench", "--compare", sets[0], sets[1], "--backend", "ort", "--ort-lib", &lib,
-        "--graphs", "unet", "--warmup", "1", "--runs", "2", "--json",
+        "bench",
+        "--compare",
+        sets[0],
+        sets[1],
+        "--backend",
+        "ort",
+        "--ort-lib",
+        &lib,
+        "--graphs",
+        "unet",
+        "--warmup",
+        "1",
+        "--runs",
+        "2",
+        "--json",
     ]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let lines = json_lines(&stdout);
-    let precisions: Vec<&str> = lines[..2].iter().map(|l| l["precision"].as_str().unwrap()).collect();
+    let precisions: Vec<&str> = lines[..2]
+        .iter()
+        .map(|l| l["precision"].as_str().unwrap())
+        .collect();
     assert_eq!(precisions, ["fp32", "int8"]);
     assert!(lines[2]["ratio_of_medians"].as_f64().unwrap() > 0.0);
 
     let (code, stdout, stderr) = idpatch(&[
-        "bench", "--fidelity", "--compare", sets[0], sets[1], "--backend", "ort", "--ort-lib",
-        &lib, "--graphs", "unet,controlnet,text_encoder", "--seeds", "2", "--steps", "3",
-        "--height", "128", "--width", "128", "--people", "2", "--json",
+        "bench",
+        "--fidelity",
+        "--compare",
+        sets[0],
+        sets[1],
+        "--backend",
+        "ort",
+        "--ort-lib",
+        &lib,
+        "--graphs",
+        "unet,controlnet,text_encoder",
+        "--seeds",
+        "2",
+        "--steps",
+        "3",
+        "--height",
+        "128",
+        "--width",
+        "128",
+        "--people",
+        "2",
+        "--json",
     ]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let lines = json_lines(&stdout);
@@ -170,7 +223,10 @@ fn bench_compares_precisions_for_speed_and_fidelity() {
             assert!(output["max_rel_err"].as_f64().unwrap() > 0.0 && cosine < 1.0 && cosine > 0.9);
         }
     }
-    let generations: Vec<_> = lines.iter().filter(|l| l.get("generation").is_some()).collect();
+    let generations: Vec<_> = lines
+        .iter()
+        .filter(|l| l.get("generation").is_some())
+        .collect();
     assert_eq!(generations.len(), 2);
     for g in &generations {
         let g = &g["generation"];
@@ -189,10 +245,22 @@ fn fidelity_refuses_what_it_cannot_honour() {
     let tiny = tiny_dir();
     let t = tiny.to_str().unwrap();
     for (args, needle) in [
-        (vec!["bench", "--fidelity"], "--fidelity: needs --compare A B"),
-        (vec!["bench", "--fidelity", "--compare", t, t, "--runs", "3"], "--runs: does not apply"),
-        (vec!["bench", "--fidelity", "--compare", t, t, "--pipeline"], "--pipeline: cannot be combined"),
-        (vec!["bench", "--fidelity", "--compare", t, t, "--seeds", "0"], "--seeds: must be at least 1"),
+        (
+            vec!["bench", "--fidelity"],
+            "--fidelity: needs --compare A B",
+        ),
+        (
+            vec!["bench", "--fidelity", "--compare", t, t, "--runs", "3"],
+            "--runs: does not apply",
+        ),
+        (
+            vec!["bench", "--fidelity", "--compare", t, t, "--pipeline"],
+            "--pipeline: cannot be combined",
+        ),
+        (
+            vec!["bench", "--fidelity", "--compare", t, t, "--seeds", "0"],
+            "--seeds: must be at least 1",
+        ),
         (vec!["bench", "--seeds", "2"], "--seeds: needs --fidelity"),
     ] {
         let (code, _, stderr) = idpatch(&args);
@@ -223,10 +291,13 @@ fn open_with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<ModelSet, Stri
     ModelSet::open(&folder.path().join("q"), Checksums::Verify).map_err(|e| e.to_string())
 }
 
+/// A change made to the INT8 set's manifest before opening it.
+type ManifestEdit = Box<dyn FnOnce(&mut serde_json::Value)>;
+
 #[test]
 fn base_paths_stay_inside_the_models_folder() {
     open_with(|_| {}).unwrap();
-    let cases: Vec<(Box<dyn FnOnce(&mut serde_json::Value)>, &str)> = vec![
+    let cases: Vec<(ManifestEdit, &str)> = vec![
         (
             Box::new(|m| m["base"] = "../tiny".into()),
             "base \"../tiny\" must be the name of a folder beside the set",
@@ -235,9 +306,14 @@ fn base_paths_stay_inside_the_models_folder() {
             Box::new(|m| m["base"] = "a/b".into()),
             "base \"a/b\" must be the name of a folder beside the set",
         ),
-        (Box::new(|m| m["base"] = "missing".into()), "base \"missing\": folder"),
         (
-            Box::new(|m| m["graphs"]["vae_decoder"]["file"] = "../tiny/../tiny/vae_decoder.onnx".into()),
+            Box::new(|m| m["base"] = "missing".into()),
+            "base \"missing\": folder",
+        ),
+        (
+            Box::new(|m| {
+                m["graphs"]["vae_decoder"]["file"] = "../tiny/../tiny/vae_decoder.onnx".into()
+            }),
             "leaves the set directory (`..`) other than into `../<base>/`",
         ),
         (
@@ -276,20 +352,38 @@ fn calibrate_records_both_sequence_lengths_within_its_bound() {
     let out = dir.path().join("calib");
     let layout = root().join("calibration/layouts/00_512x512_1p.json");
     let base: Vec<String> = [
-        "calibrate", "--models", tiny_dir().to_str().unwrap(), "--layouts",
-        layout.to_str().unwrap(), "--generations", "2", "--steps", "5",
-        "--samples-per-generation", "2", "--backend", "ort", "--ort-lib", &lib,
+        "calibrate",
+        "--models",
+        tiny_dir().to_str().unwrap(),
+        "--layouts",
+        layout.to_str().unwrap(),
+        "--generations",
+        "2",
+        "--steps",
+        "5",
+        "--samples-per-generation",
+        "2",
+        "--backend",
+        "ort",
+        "--ort-lib",
+        &lib,
     ]
     .map(String::from)
     .to_vec();
     let with = |extra: &[&str]| -> Vec<String> {
-        base.iter().cloned().chain(extra.iter().map(|s| s.to_string())).collect()
+        base.iter()
+            .cloned()
+            .chain(extra.iter().map(|s| s.to_string()))
+            .collect()
     };
     // Too small a bound: refused from the plan, before anything runs or is written.
     let args = with(&["--out", out.to_str().unwrap(), "--max-bytes", "1M"]);
     let (code, _, stderr) = common::run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("--max-bytes: the plan records up to"), "{stderr}");
+    assert!(
+        stderr.contains("--max-bytes: the plan records up to"),
+        "{stderr}"
+    );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 
     let args = with(&["--out", out.to_str().unwrap()]);
@@ -297,8 +391,12 @@ fn calibrate_records_both_sequence_lengths_within_its_bound() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let index: serde_json::Value = common::read_json(&out.join("calibration.json"));
     assert_eq!(index["format"], 1);
+    assert_eq!(index["complete"], true);
     let tiny = ModelSet::open(&tiny_dir(), Checksums::Skip).unwrap();
-    assert_eq!(index["graphs"]["unet"], tiny.entry(Role::Unet).unwrap().sha256.as_str());
+    assert_eq!(
+        index["graphs"]["unet"],
+        tiny.entry(Role::Unet).unwrap().sha256.as_str()
+    );
     let records = index["records"].as_array().unwrap();
     // 2 generations x 2 steps x 2 graphs.
     assert_eq!(records.len(), 8);
@@ -308,7 +406,10 @@ fn calibrate_records_both_sequence_lengths_within_its_bound() {
             .filter(|r| r["graph"] == graph)
             .map(|r| r["sequence"].as_u64().unwrap())
             .collect();
-        assert!(lengths.contains(&77) && lengths.contains(&(77 + 16)), "{graph}: {lengths:?}");
+        assert!(
+            lengths.contains(&77) && lengths.contains(&(77 + 16)),
+            "{graph}: {lengths:?}"
+        );
     }
     let spec = &tiny.entry(Role::Unet).unwrap().inputs;
     let mut bytes = 0;
@@ -318,13 +419,20 @@ fn calibrate_records_both_sequence_lengths_within_its_bound() {
         for s in spec {
             let file = out.join(inputs[&s.name].as_str().unwrap());
             let tensor = idpatch::npy::read(&file).unwrap();
-            assert!(s.accepts_shape(tensor.shape()), "{}: {:?}", s.name, tensor.shape());
+            assert!(
+                s.accepts_shape(tensor.shape()),
+                "{}: {:?}",
+                s.name,
+                tensor.shape()
+            );
         }
     }
     for entry in walk(&out) {
         bytes += std::fs::metadata(&entry).unwrap().len();
     }
-    let index_len = std::fs::metadata(out.join("calibration.json")).unwrap().len();
+    let index_len = std::fs::metadata(out.join("calibration.json"))
+        .unwrap()
+        .len();
     assert_eq!(index["bytes"].as_u64().unwrap(), bytes - index_len);
     // A second run into the same, now non-empty, folder is refused.
     let (code, _, stderr) = common::run(&args.iter().map(String::as_str).collect::<Vec<_>>());
