@@ -148,10 +148,7 @@ pub fn face_similarities(
             let input = crate::face::arcface_input(&crop, None, "face crop")?;
             data.extend_from_slice(input.as_f32().unwrap_or_default());
         }
-        let batch = Tensor::from_f32(
-            vec![centres.len(), 3, ARCFACE_SIZE, ARCFACE_SIZE],
-            data,
-        )?;
+        let batch = Tensor::from_f32(vec![centres.len(), 3, ARCFACE_SIZE, ARCFACE_SIZE], data)?;
         embeddings.push(id_embeddings(arcface, &batch)?);
     }
     let (ea, eb) = (embeddings[0].to_f32_vec(), embeddings[1].to_f32_vec());
@@ -214,12 +211,24 @@ mod tests {
             let ta = Tensor::from_f32(vec![a.len()], a.clone()).unwrap();
             let tb = Tensor::from_f32(vec![b.len()], b.clone()).unwrap();
             let err = output_error("x", &ta, &tb).unwrap();
-            assert!(close(err.cosine, case["cosine"].as_f64().unwrap()), "{case}");
-            assert!(close(err.max_abs_err, case["max_abs_err"].as_f64().unwrap()));
-            assert!(close(err.max_rel_err, case["max_rel_err"].as_f64().unwrap()));
+            assert!(
+                close(err.cosine, case["cosine"].as_f64().unwrap()),
+                "{case}"
+            );
+            assert!(close(
+                err.max_abs_err,
+                case["max_abs_err"].as_f64().unwrap()
+            ));
+            assert!(close(
+                err.max_rel_err,
+                case["max_rel_err"].as_f64().unwrap()
+            ));
         }
         for case in data["images"].as_array().unwrap() {
-            let (w, h) = (case["width"].as_u64().unwrap() as usize, case["height"].as_u64().unwrap() as usize);
+            let (w, h) = (
+                case["width"].as_u64().unwrap() as usize,
+                case["height"].as_u64().unwrap() as usize,
+            );
             let a = Rgb8::new(w, h, bytes(&case["a"])).unwrap();
             let b = Rgb8::new(w, h, bytes(&case["b"])).unwrap();
             let expected = case["psnr"].as_f64();
@@ -238,7 +247,10 @@ mod tests {
         let data: serde_json::Value =
             serde_json::from_str(include_str!("../../tests/data/fidelity/metrics.json")).unwrap();
         let crop = &data["crop"];
-        let (w, h) = (crop["width"].as_u64().unwrap() as usize, crop["height"].as_u64().unwrap() as usize);
+        let (w, h) = (
+            crop["width"].as_u64().unwrap() as usize,
+            crop["height"].as_u64().unwrap() as usize,
+        );
         let pixels: Vec<u8> = (0..w * h * 3).map(|i| (i * 7 % 251) as u8).collect();
         let img = Rgb8::new(w, h, pixels).unwrap();
         let centre = [crop["cx"].as_f64().unwrap(), crop["cy"].as_f64().unwrap()];

@@ -208,9 +208,7 @@ mod tests {
     #[test]
     fn int8_graphs_enable_int8_and_fp16_without_a_calibration_table() {
         let on = |list: &[(&str, String)], key: &str| {
-            list.iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.clone())
+            list.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
         };
         let int8 = trt_precision_options("int8", false);
         assert_eq!(on(&int8, "trt_int8_enable").as_deref(), Some("1"));

@@ -20,7 +20,9 @@ use idpatch::pipeline::{self, Models, Params, Tokenizers};
 use idpatch::{Error, Tensor};
 use serde_json::json;
 
-use super::{check_bounds, compare_configs, pipeline_layout, pipeline_params, Args, Config, InputSource};
+use super::{
+    check_bounds, compare_configs, pipeline_layout, pipeline_params, Args, Config, InputSource,
+};
 use crate::output::{note, outln};
 
 /// Most seeds one comparison runs.
@@ -30,9 +32,21 @@ const MAX_SEEDS: usize = 1000;
 fn check_flags(args: &Args) -> Result<(), Error> {
     let refused = [
         (args.compare.is_empty(), "--fidelity", "needs --compare A B"),
-        (args.pipeline, "--pipeline", "cannot be combined with --fidelity"),
-        (args.warmup.is_some(), "--warmup", "does not apply to --fidelity (nothing is timed)"),
-        (args.runs.is_some(), "--runs", "does not apply to --fidelity (nothing is timed)"),
+        (
+            args.pipeline,
+            "--pipeline",
+            "cannot be combined with --fidelity",
+        ),
+        (
+            args.warmup.is_some(),
+            "--warmup",
+            "does not apply to --fidelity (nothing is timed)",
+        ),
+        (
+            args.runs.is_some(),
+            "--runs",
+            "does not apply to --fidelity (nothing is timed)",
+        ),
         (
             args.layout.is_some()
                 && (args.height.is_some() || args.width.is_some() || args.people.is_some()),
@@ -59,7 +73,11 @@ pub(super) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let names = [configs[0].shown(), configs[1].shown()];
     let roles = Role::parse_list(&args.graphs, "--graphs")?;
     if !args.json {
-        outln!("fidelity of {} against {} (the reference)", names[1], names[0])?;
+        outln!(
+            "fidelity of {} against {} (the reference)",
+            names[1],
+            names[0]
+        )?;
         outln!(
             "{:<15} {:<18} {:>12} {:>12} {:>11}  inputs",
             "graph",
@@ -98,7 +116,9 @@ fn compare_graph(
     };
     if golden.is_none() && args.inputs == Some(InputSource::Golden) {
         return Err(reference
-            .error(format!("graph {role} has no golden tensors (use --inputs synth)"))
+            .error(format!(
+                "graph {role} has no golden tensors (use --inputs synth)"
+            ))
             .into());
     }
     let (tensors, source) = match golden {
@@ -146,7 +166,8 @@ fn print_graph(
     source: &str,
 ) -> anyhow::Result<()> {
     if args.json {
-        let line = json!({"graph": role.name(), "compare": names, "inputs": source, "outputs": errors});
+        let line =
+            json!({"graph": role.name(), "compare": names, "inputs": source, "outputs": errors});
         return outln!("{line}");
     }
     let worst = errors
@@ -259,7 +280,10 @@ fn print_generations(
     });
     if args.json {
         for g in results {
-            outln!("{}", json!({"compare": names, "generation": g, "settings": setting}))?;
+            outln!(
+                "{}",
+                json!({"compare": names, "generation": g, "settings": setting})
+            )?;
         }
         let line = json!({
             "compare": names,
@@ -290,7 +314,11 @@ fn print_generations(
     )?;
     let shown = |p: Option<f64>| p.map_or("identical".to_string(), |v| format!("{v:.2}"));
     for g in results {
-        let people: Vec<String> = g.face_similarity.iter().map(|s| format!("{s:.4}")).collect();
+        let people: Vec<String> = g
+            .face_similarity
+            .iter()
+            .map(|s| format!("{s:.4}"))
+            .collect();
         outln!(
             "{:<6} {:>14.6} {:>9} {:>15.4}  {}",
             g.seed,
