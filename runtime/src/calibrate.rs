@@ -44,10 +44,11 @@ const OFFSET_STEP: f64 = 0.618_033_988_749_894_9;
 /// The denoising steps recorded in generation `generation` of a run with `steps` steps, of which
 /// the first `first_id_step` run without ID tokens (sequence 77) and the rest with them.
 ///
-/// `samples` steps evenly spaced over the run, starting at the fraction
-/// `(generation * 0.618...) mod 1` of the first interval; when the run has steps of both
-/// sequence lengths and the spacing missed one of them, the first (or last) sample moves into
-/// it, so every generation records both. Sorted, distinct, each below `steps`.
+/// The run splits into its steps without ID tokens and those with them (one part when the run
+/// has only one kind); each part gets its share of the samples, rounded, at least one, and its
+/// samples are evenly spaced over it, starting at the fraction `(generation * 0.618...) mod 1`
+/// of the first interval, so that every generation records both sequence lengths and successive
+/// generations together cover every step. Sorted, distinct, each below `steps`.
 ///
 /// Errors: `samples` below 2 (both sequence lengths cannot be covered) or above `steps`.
 pub fn sampled_steps(
@@ -66,21 +67,25 @@ pub fn sampled_steps(
         ));
     }
     let offset = (generation as f64 * OFFSET_STEP).fract();
-    let spacing = steps as f64 / samples as f64;
-    let mut picks: Vec<usize> = (0..samples)
-        .map(|k| (((k as f64 + offset) * spacing).floor() as usize).min(steps - 1))
-        .collect();
-    if first_id_step > 0 && first_id_step < steps {
-        if picks.iter().all(|&s| s >= first_id_step) {
-            picks[0] = (offset * first_id_step as f64).floor() as usize;
-        }
-        if picks.iter().all(|&s| s < first_id_step) {
-            let rest = steps - first_id_step;
-            picks[samples - 1] = first_id_step + (offset * rest as f64).floor() as usize;
-        }
+    // Within a part of `len` steps from `start`, `n <= len` samples are at least one step
+    // apart, so they are distinct.
+    let spread = |start: usize, len: usize, n: usize| -> Vec<usize> {
+        let spacing = len as f64 / n as f64;
+        (0..n)
+            .map(|k| start + (((k as f64 + offset) * spacing).floor() as usize).min(len - 1))
+            .collect()
+    };
+    if first_id_step == 0 || first_id_step >= steps {
+        return Ok(spread(0, steps, samples));
     }
-    picks.sort_unstable();
-    picks.dedup();
+    let rest = steps - first_id_step;
+    let share = (samples as f64 * first_id_step as f64 / steps as f64).round() as usize;
+    let mut before = share.clamp(1, first_id_step.min(samples - 1));
+    if samples - before > rest {
+        before = samples - rest;
+    }
+    let mut picks = spread(0, first_id_step, before);
+    picks.extend(spread(first_id_step, rest, samples - before));
     Ok(picks)
 }
 
