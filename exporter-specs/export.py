@@ -270,7 +270,7 @@ def build_graph_modules(args, params: dict, wanted: list[str], source: Pretraine
             for sub in module.modules():
                 if hasattr(sub, "set_processor"):
                     sub.set_processor(FusableAttnProcessor())
-    if args.random and args.size == "tiny":
+    if args.random and args.size != "full":
         generator = torch.Generator().manual_seed(args.seed + 1)
         for name in GRAPH_ORDER:
             if name in modules and name not in DETECTOR_GRAPHS:
@@ -519,7 +519,7 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--random", action="store_true", help="random weights of the --size architecture")
     source.add_argument("--from-pretrained", action="store_true", help="load released weights (paths below)")
-    parser.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    parser.add_argument("--size", choices=["tiny", "medium", "full"], default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sdxl", help="diffusers SDXL folder (unet, vae, text_encoder, text_encoder_2, tokenizer, "
                                        "tokenizer_2, scheduler)")

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod calibrate;
 pub mod checksum;
 pub mod condition;
 pub mod config_dims;
@@ -13,6 +14,7 @@ pub mod detect;
 pub mod error;
 pub mod eval;
 pub mod face;
+pub mod fidelity;
 pub mod fsutil;
 pub mod image_io;
 pub mod infotext;

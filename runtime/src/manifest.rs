@@ -7,15 +7,19 @@
 //! matches its sha256, through the [`ChecksumCache`] so that unchanged files are not re-read.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+mod paths;
 
 pub use crate::checksum::sha256_file;
 use crate::checksum::{is_sha256, sha256_hex, ChecksumCache};
 use crate::scheduler::SchedulerConfig;
 use crate::tensor::DType;
 use crate::{Error, Result};
+pub use paths::PRECISIONS;
+use paths::{check_base, check_precision, check_set_path};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Largest `manifest.json` read, in bytes (a full set's is about 30 KB).
@@ -289,7 +293,13 @@ pub struct Manifest {
     pub format: u32,
     pub name: String,
     pub size: String,
+    /// The set's precision: `fp32`, `fp16` or `int8` (each graph entry also names its own).
     pub precision: String,
+    /// A set this one shares files with: the name of a sibling folder (same parent directory).
+    /// Manifest paths may then start with `../<base>/` (INT8 sets name the FP32 graphs they do
+    /// not quantize, and their goldens, in the set they were made from).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
     #[serde(default)]
     pub source: serde_json::Value,
     pub config: SetConfig,
@@ -381,10 +391,15 @@ impl ModelSet {
         if let Some(name) = m.graphs.keys().find(|n| Role::from_name(n).is_none()) {
             return Err(self.error(format!("unknown graph role {name:?}")));
         }
-        for role in Role::ALL {
-            check_graph_entry(role, self.entry(role)?).map_err(|r| self.error(r))?;
+        let base = m.base.as_deref();
+        if let Some(base) = base {
+            check_base(&self.dir, base).map_err(|r| self.error(r))?;
         }
-        check_tokenizer_section(&m.tokenizers).map_err(|r| self.error(r))?;
+        check_precision("precision", &m.precision).map_err(|r| self.error(r))?;
+        for role in Role::ALL {
+            check_graph_entry(role, self.entry(role)?, base).map_err(|r| self.error(r))?;
+        }
+        check_tokenizer_section(&m.tokenizers, base).map_err(|r| self.error(r))?;
         m.config.check().map_err(|r| self.error(r))?;
         crate::config_dims::check(&m.config, |role| m.graphs.get(role.name()))
             .map_err(|r| self.error(r))?;
@@ -513,16 +528,32 @@ pub fn open_tokenizers(
     let section = raw
         .get("tokenizers")
         .ok_or_else(|| set_error(format!("{MANIFEST_FILE} has no tokenizers section")))?;
+    let base = match raw.get("base") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(b)) => Some(b.as_str()),
+        Some(other) => {
+            return Err(set_error(format!(
+                "{MANIFEST_FILE} is malformed: base: {other} is not a folder name"
+            )))
+        }
+    };
+    if let Some(base) = base {
+        check_base(dir, base).map_err(set_error)?;
+    }
     let tokenizers: TokenizerSection = serde_path_to_error::deserialize(section)
         .map_err(|e| set_error(format!("{MANIFEST_FILE} is malformed: tokenizers.{e}")))?;
-    check_tokenizer_section(&tokenizers).map_err(set_error)?;
+    check_tokenizer_section(&tokenizers, base).map_err(set_error)?;
     verify_files(dir, &tokenizer_files(&tokenizers), checksums, cache).map_err(set_error)?;
     Ok(tokenizers)
 }
 
 /// The tokenizers section lists exactly `tokenizer` and `tokenizer_2`, each a file inside the
-/// set with a sha256. Errors name the entry (`tokenizers.tokenizer_2: file ...`).
-pub fn check_tokenizer_section(section: &TokenizerSection) -> std::result::Result<(), String> {
+/// set (or, with a `base`, inside `../<base>/`) with a sha256. Errors name the entry
+/// (`tokenizers.tokenizer_2: file ...`).
+pub fn check_tokenizer_section(
+    section: &TokenizerSection,
+    base: Option<&str>,
+) -> std::result::Result<(), String> {
     if let Some(name) = section.keys().find(|n| !TOKENIZERS.contains(&n.as_str())) {
         return Err(format!(
             "unknown tokenizer {name:?} (a set lists {})",
@@ -538,6 +569,7 @@ pub fn check_tokenizer_section(section: &TokenizerSection) -> std::result::Resul
             "file",
             &entry.file,
             &entry.sha256,
+            base,
         )?;
     }
     Ok(())
@@ -560,14 +592,19 @@ fn tokenizer_files(section: &TokenizerSection) -> Vec<(String, &str, &str)> {
 
 /// Paths and sha256 strings of one graph entry; IO names must be file-name safe where goldens
 /// are read by them.
-fn check_graph_entry(role: Role, entry: &GraphEntry) -> std::result::Result<(), String> {
+fn check_graph_entry(
+    role: Role,
+    entry: &GraphEntry,
+    base: Option<&str>,
+) -> std::result::Result<(), String> {
     let what = format!("graph {role}");
-    check_file_entry(&what, "file", &entry.file, &entry.sha256)?;
+    check_precision(&format!("{what}: precision"), &entry.precision)?;
+    check_file_entry(&what, "file", &entry.file, &entry.sha256, base)?;
     for data in &entry.external_data {
-        check_file_entry(&what, "external_data file", &data.file, &data.sha256)?;
+        check_file_entry(&what, "external_data file", &data.file, &data.sha256, base)?;
     }
     if let Some(golden) = &entry.golden {
-        check_set_path(&what, "golden", golden)?;
+        check_set_path(&what, "golden", golden, base)?;
         let names = entry.inputs.iter().chain(&entry.outputs).map(|s| &s.name);
         for name in names {
             if name.is_empty() || name.contains(['/', '\\', '\0']) {
@@ -585,34 +622,15 @@ fn check_file_entry(
     key: &str,
     file: &str,
     sha256: &str,
+    base: Option<&str>,
 ) -> std::result::Result<(), String> {
-    check_set_path(what, key, file)?;
+    check_set_path(what, key, file, base)?;
     if !is_sha256(sha256) {
         return Err(format!(
             "{what}: the sha256 of {file} is {sha256:?}, not 64 hex digits"
         ));
     }
     Ok(())
-}
-
-/// A manifest path must be relative and stay inside the set: no root, no drive, no `..`.
-fn check_set_path(what: &str, key: &str, file: &str) -> std::result::Result<(), String> {
-    let path = Path::new(file);
-    let problem = if file.is_empty() {
-        "is empty"
-    } else if path
-        .components()
-        .any(|c| matches!(c, Component::RootDir | Component::Prefix(_)))
-    {
-        "is absolute; manifest paths are relative to the set directory"
-    } else if path.components().any(|c| c == Component::ParentDir) {
-        "leaves the set directory (`..`)"
-    } else if !path.components().any(|c| matches!(c, Component::Normal(_))) {
-        "names no file in the set"
-    } else {
-        return Ok(());
-    };
-    Err(format!("{what}: {key} {file:?} {problem}"))
 }
 
 /// Checks that every file exists and, with `Verify`, matches its sha256 (each distinct file

@@ -8,9 +8,17 @@ use crate::manifest::{ModelSet, Role};
 use crate::{npy, Error, Result};
 
 /// Default tolerance on `max |ours - reference| / max |reference|` for a graph's precision.
+///
+/// INT8 graphs are compared with the FP32 set's PyTorch goldens. 0.5 is the measured worst case
+/// with headroom: models/tiny-int8 (calibration/make-tiny-int8.sh) gives 0.303 (ControlNet,
+/// its smallest residual output) and 0.082 (UNet) on ONNX Runtime's CPU provider and on tract
+/// alike. The goldens' inputs are random tensors, partly outside the activation ranges that
+/// calibration recorded on real denoising trajectories, which the quantized graphs clip; on
+/// held-out trajectory records quantize.py measures 0.24 and 0.07 (calibration/README.md).
 pub fn default_tolerance(precision: &str) -> f64 {
     match precision {
         "fp16" => 2e-2,
+        "int8" => 0.5,
         _ => 1e-4,
     }
 }

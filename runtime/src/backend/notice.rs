@@ -19,6 +19,9 @@ pub enum Notice {
     /// `graph` has the dynamic axis `axis` that the TensorRT profile ranges do not cover, so
     /// TensorRT builds an engine per input shape.
     NoProfileRange { graph: Role, axis: String },
+    /// `graph` is INT8 (QDQ) and runs on ONNX Runtime's CUDA provider, which has no INT8
+    /// convolution or matmul kernels for such graphs: its timings are no INT8 speed-up.
+    Int8OnCuda { graph: Role },
 }
 
 impl std::fmt::Display for Notice {
@@ -42,6 +45,12 @@ impl std::fmt::Display for Notice {
                 f,
                 "note: graph {graph}: no TensorRT profile range for axis {axis:?}; TensorRT builds \
                  an engine per input shape instead"
+            ),
+            Notice::Int8OnCuda { graph } => write!(
+                f,
+                "note: graph {graph}: INT8 graphs on ONNX Runtime's CUDA provider run as \
+                 DequantizeLinear plus float operators (no INT8 convolution or matmul kernels \
+                 for QDQ graphs): expect no speed-up over FP16; INT8 on a GPU needs --ep tensorrt"
             ),
         }
     }
@@ -108,6 +117,20 @@ mod tests {
                 "note: graph unet: no TensorRT profile range for axis \"frames\"; TensorRT \
                  builds an engine per input shape instead",
             ]
+        );
+    }
+
+    #[test]
+    fn int8_on_cuda_names_the_graph_and_the_provider_that_has_int8_kernels() {
+        let line = Notice::Int8OnCuda {
+            graph: Role::Controlnet,
+        }
+        .to_string();
+        assert!(line.starts_with("note: graph controlnet: INT8"), "{line}");
+        assert!(line.contains("no speed-up over FP16"), "{line}");
+        assert!(
+            line.ends_with("INT8 on a GPU needs --ep tensorrt"),
+            "{line}"
         );
     }
 }

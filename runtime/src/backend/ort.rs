@@ -35,8 +35,16 @@
 //! - `device_id` from [`OrtOptions::device_id`].
 //! - `enable_cuda_graph` only with [`OrtOptions::cuda_graph`]; see below.
 //!
+//! An INT8 (QDQ) graph runs on the CUDA provider as DequantizeLinear plus float operators: the
+//! provider has no INT8 convolution or matmul kernels for QDQ graphs, so each such graph loaded
+//! there sends [`Notice::Int8OnCuda`](crate::backend::notice::Notice::Int8OnCuda), so that nobody
+//! takes its timings for an INT8 speed-up. The CPU provider fuses Q/DQ pairs into integer kernels
+//! (QLinearConv, MatMulInteger, ...).
+//!
 //! TensorRT provider options: FP16 on (TensorRT picks FP16 kernels per layer; the graph itself can
-//! be FP32 or FP16), engine cache and timing cache on, in
+//! be FP32 or FP16), INT8 on for a graph whose manifest entry says `int8` (its Q/DQ nodes are
+//! TensorRT's explicit quantization; no calibration table, which TensorRT refuses for such
+//! graphs; see [`trt_precision_options`]), engine cache and timing cache on, in
 //! `<cache dir>/<sha256 of the graph, 16 hex>-<GPU model>/` so that a graph with other weights or
 //! another GPU never picks up a stale engine (ONNX Runtime's own cache names do not cover the
 //! weights). Optimisation profiles cover every dynamic axis the graph declares, with the ranges of
@@ -95,7 +103,9 @@ use graph::{declared_io, upload, Counters, OrtGraph};
 use library::environment;
 pub use library::{find_library, library_candidates, ORT_LIB_FILE, ORT_VERSION};
 pub use options::{Ep, OrtOptions, Residency, ShapeRanges};
-pub use tensorrt::{default_trt_cache_root, trt_cache_dir, trt_profile_shapes, ProfileShapes};
+pub use tensorrt::{
+    default_trt_cache_root, trt_cache_dir, trt_precision_options, trt_profile_shapes, ProfileShapes,
+};
 
 /// The ONNX Runtime backend: the library (loaded once per process), its environment, the
 /// options, the provider settled on and the byte counters shared with every graph it loads.
@@ -180,6 +190,11 @@ impl OrtBackend {
             ));
         }
         let (session, ep) = self.choose_session(role, path, entry)?;
+        if ep == Ep::Cuda && entry.is_some_and(|e| e.precision == "int8") {
+            self.options
+                .notices
+                .send(crate::backend::notice::Notice::Int8OnCuda { graph: role });
+        }
         let io = declared_io(role, &session)?;
         let device_memory = self.device_memory(ep)?;
         let host_memory = MemoryInfo::new(

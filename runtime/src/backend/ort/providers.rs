@@ -4,14 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
-use ::ort::ep::{self, ArenaExtendStrategy};
+use ::ort::ep::{self, ArbitrarilyConfigurableExecutionProvider, ArenaExtendStrategy};
 use ::ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ::ort::session::Session;
 
 use super::graph::declared_io;
 use super::library::GPU_BUILD_HINT;
 use super::tensorrt::{
-    default_trt_cache_root, gpu_model, graph_digest, trt_cache_dir, trt_profile_shapes,
+    default_trt_cache_root, gpu_model, graph_digest, trt_cache_dir, trt_precision_options,
+    trt_profile_shapes,
 };
 use super::{Ep, OrtBackend};
 use crate::backend::notice::Notice;
@@ -105,9 +106,12 @@ impl OrtBackend {
         let dir = trt_cache_dir(&root, &graph_digest(path, entry)?, &gpu);
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let dir_str = dir.to_string_lossy().into_owned();
-        let mut trt = ep::TensorRT::default()
-            .with_device_id(self.options.device_id)
-            .with_fp16(self.options.trt_fp16)
+        let precision = entry.map_or("fp32", |e| e.precision.as_str());
+        let mut trt = ep::TensorRT::default().with_device_id(self.options.device_id);
+        for (key, value) in trt_precision_options(precision, self.options.trt_fp16) {
+            trt = trt.with_arbitrary_config(key, value);
+        }
+        let mut trt = trt
             .with_engine_cache(true)
             .with_engine_cache_path(&dir_str)
             .with_timing_cache(true)

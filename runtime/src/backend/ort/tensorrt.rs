@@ -48,6 +48,22 @@ pub fn trt_profile_shapes(
     Ok(Some(ProfileShapes { min, opt, max }))
 }
 
+/// TensorRT's precision options for a graph of `precision` (its manifest entry's), as ONNX
+/// Runtime's provider option names: `trt_fp16_enable` as asked (`fp16`), and for an INT8 (QDQ)
+/// graph `trt_int8_enable` with no `trt_int8_calibration_table_name`: the graph's Q/DQ scales
+/// are TensorRT's explicit quantization, and TensorRT refuses a calibration table for a graph
+/// holding Q/DQ nodes. FP16 stays on beside INT8 so that the layers the graph keeps in float
+/// (time embeddings, normalisations, attention products) run in FP16, as NVIDIA's SDXL INT8
+/// engines do.
+pub fn trt_precision_options(precision: &str, fp16: bool) -> Vec<(&'static str, String)> {
+    let flag = |on: bool| if on { "1" } else { "0" }.to_string();
+    let int8 = precision == "int8";
+    vec![
+        ("trt_fp16_enable", flag(fp16 || int8)),
+        ("trt_int8_enable", flag(int8)),
+    ]
+}
+
 /// `$IDPATCH_HOME/cache/tensorrt`, else `$XDG_CACHE_HOME/idpatch/tensorrt`, else
 /// `~/.cache/idpatch/tensorrt`, else `target/tensorrt-cache`.
 pub fn default_trt_cache_root() -> PathBuf {
@@ -186,6 +202,25 @@ mod tests {
             trt_profile_shapes(&odd, &ShapeRanges::default()),
             Err("frames".to_string())
         );
+    }
+
+    // ONNX Runtime 1.31.1's TensorRT provider option names (OrtTensorRTProviderOptionsV2 keys).
+    #[test]
+    fn int8_graphs_enable_int8_and_fp16_without_a_calibration_table() {
+        let on = |list: &[(&str, String)], key: &str| {
+            list.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+        };
+        let int8 = trt_precision_options("int8", false);
+        assert_eq!(on(&int8, "trt_int8_enable").as_deref(), Some("1"));
+        assert_eq!(on(&int8, "trt_fp16_enable").as_deref(), Some("1"));
+        assert!(int8.iter().all(|(k, _)| !k.contains("calibration")));
+        for precision in ["fp32", "fp16"] {
+            let list = trt_precision_options(precision, true);
+            assert_eq!(on(&list, "trt_int8_enable").as_deref(), Some("0"));
+            assert_eq!(on(&list, "trt_fp16_enable").as_deref(), Some("1"));
+        }
+        let fp32_only = trt_precision_options("fp32", false);
+        assert_eq!(on(&fp32_only, "trt_fp16_enable").as_deref(), Some("0"));
     }
 
     #[test]

@@ -17,6 +17,8 @@ use crate::backend_args::{BackendArgs, Provider};
 use crate::output::{graph_cell, outln};
 use crate::sampling_args::SamplingArgs;
 
+mod fidelity;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum InputSource {
     /// The exporter's golden input tensors (their shapes).
@@ -94,6 +96,17 @@ pub struct Args {
     /// rust_owned_share, ...), then the ratio of total medians when comparing.
     #[arg(long)]
     json: bool,
+    /// Compare the outputs of the two --compare configurations instead of timing them (B against
+    /// A as the reference): per graph on the same inputs (largest absolute and relative error,
+    /// cosine), then one generation per seed (final-latent cosine, image PSNR, ArcFace
+    /// similarity of the faces at each layout position). Takes --graphs, --inputs and the size
+    /// flags for the graphs, --layout or the size flags, --steps, --guidance and the control
+    /// guidance window for the generations.
+    #[arg(long)]
+    fidelity: bool,
+    /// With --fidelity: generations to compare, seeds 0 to N-1 (default 3).
+    #[arg(long)]
+    seeds: Option<usize>,
     /// Do not verify the set's files against the manifest's sha256 (verified files are cached,
     /// so only the first run after a change reads a full set).
     #[arg(long)]
@@ -246,6 +259,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn bench(args: &Args) -> anyhow::Result<ExitCode> {
+    if args.fidelity {
+        return fidelity::run(args);
+    }
+    if args.seeds.is_some() {
+        return Err(Error::invalid_input("--seeds", "needs --fidelity").into());
+    }
     check_combinations(args)?;
     check_bounds(args)?;
     let configs = configs(args)?;

@@ -7,6 +7,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod backend_args;
 mod bench;
+mod calibrate;
 mod condition;
 mod eval;
 mod faces;
@@ -41,6 +42,9 @@ enum Command {
     Validate(validate::Args),
     /// Time each graph of a set on a backend (median and p90 of warm runs), or compare two.
     Bench(bench::Args),
+    /// Record the UNet's and ControlNet's inputs over pipeline runs of a calibration set, for
+    /// INT8 quantization (calibration/quantize.py).
+    Calibrate(calibrate::Args),
     /// Print a scheduler's timesteps, sigmas and initial noise scale for a step count.
     Schedule(schedule::Args),
     /// Print the token ids both SDXL tokenizers give a prompt.
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Schedule(args) => schedule::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Calibrate(args) => calibrate::run(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Faces(args) => faces::run(args),
         Command::Layout(args) => layout::run(args),
