@@ -197,43 +197,20 @@ fn device_memory_is_exported_where_the_backend_reports_it() {
 /// --device-id 0,1` fails rather than serving from the CPU.
 #[test]
 fn worker_flags_that_cannot_be_honoured_are_errors() {
-    let tiny = common::tiny_dir();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--device-id", "0,1"], "--device-id"),
+        (&["--ep", "cuda", "--device-id", "0,0"], "given twice"),
         (&["--device-id", "0", "--workers", "2"], "--workers"),
         (&["--workers", "0"], "--workers"),
         (&["--workers", "65"], "--workers"),
         (&["--backend", "tract", "--device-id", "0"], "--device-id"),
     ];
     for (flags, named) in cases {
-        let mut args = vec![
-            "serve",
-            "--models",
-            tiny.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(flags);
-        let (code, _, stderr) = common::run(&args);
-        assert_eq!(code, 2, "{flags:?}: {stderr}");
+        let stderr = server::serve_refuses(flags);
         assert!(stderr.contains(named), "{flags:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{flags:?}: {stderr}");
     }
-    let has_cuda = std::path::Path::new("/dev/nvidia0").exists();
-    if !has_cuda {
-        let args = [
-            "serve",
-            "--models",
-            tiny.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--ep",
-            "cuda",
-            "--device-id",
-            "0,1",
-        ];
-        let (code, _, stderr) = common::run(&args);
-        assert_eq!(code, 2, "{stderr}");
+    if !std::path::Path::new("/dev/nvidia0").exists() {
+        let stderr = server::serve_refuses(&["--ep", "cuda", "--device-id", "0,1"]);
         assert!(
             stderr.contains("cannot start the cuda provider"),
             "{stderr}"

@@ -382,3 +382,21 @@ pub fn example_request(steps: usize, seed: u64) -> serde_json::Value {
         "num_inference_steps": steps, "seed": seed, "people": people,
     })
 }
+
+/// Runs `idpatch serve` on the tiny set with `flags`, expecting it to refuse them: exit status 2
+/// and a one-line error, returned. Nothing listens long (port 0; the checks come first).
+pub fn serve_refuses(flags: &[&str]) -> String {
+    let tiny = tiny_dir();
+    let mut args = vec![
+        "serve",
+        "--models",
+        tiny.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ];
+    args.extend_from_slice(flags);
+    let (code, _, stderr) = crate::common::run(&args);
+    assert_eq!(code, 2, "{flags:?}: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{flags:?}: {stderr}");
+    stderr
+}
