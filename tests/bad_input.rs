@@ -686,3 +686,33 @@ fn control_characters_in_messages_are_escaped() {
         .stderr;
     assert!(!stderr.contains(&0x1b), "raw ESC in {stderr:?}");
 }
+
+/// Usage errors keep what clap says is wrong (the missing flags, a similar flag's name) on their
+/// one line; no subcommand at all shows the command list, exit 2.
+#[test]
+fn usage_errors_say_what_to_fix_on_one_line() {
+    let cases: [(&[&str], &[&str]); 3] = [
+        (&["generate", "--prompt", "x"], &["--layout", "--out"]),
+        (
+            &[
+                "generate", "--step", "5", "--prompt", "x", "--layout", "a", "--out", "b",
+            ],
+            &["'--step'", "'--steps'"],
+        ),
+        (&["bogus"], &["'bogus'"]),
+    ];
+    for (args, wanted) in cases {
+        let (code, _, stderr) = common::run(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr:?}");
+        for w in wanted {
+            assert!(stderr.contains(w), "{args:?}: {stderr}");
+        }
+    }
+    let (code, _, stderr) = common::run(&[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("Commands:") && stderr.contains("generate"),
+        "{stderr}"
+    );
+}

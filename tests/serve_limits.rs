@@ -242,3 +242,53 @@ fn a_layout_of_plain_photos_can_be_the_warm_up() {
     s.terminate();
     assert_eq!(s.wait_exit(Duration::from_secs(60)), Some(0));
 }
+
+/// A non-streaming client that leaves while its job runs: the job is cancelled, and the request
+/// is still logged and counted, as 499 (client closed the request).
+#[test]
+fn a_non_streaming_client_that_leaves_is_logged_as_499() {
+    let s = Server::start(&["--warmup-size", "off"]);
+    s.wait_ready();
+    let body = example_request(150, 4).to_string();
+    let address = s.base.trim_start_matches("http://").to_string();
+    let mut client = TcpStream::connect(&address).unwrap();
+    let head = format!(
+        "POST /v1/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         x-generation-id: leaves-1\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).unwrap();
+    client.write_all(body.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&s, "idpatch_in_flight") < 1.0 {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(client);
+    let line = loop {
+        let found = s
+            .events("request")
+            .into_iter()
+            .find(|e| e["id"] == "leaves-1");
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request line: {:?}",
+            s.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(line["status"], 499, "{line}");
+    assert!(!s.events("client_gone").is_empty());
+    assert_eq!(
+        metric(
+            &s,
+            "idpatch_requests_total{route=\"/v1/generations\",status=\"499\"}"
+        ),
+        1.0
+    );
+    s.terminate();
+    assert_eq!(s.wait_exit(Duration::from_secs(60)), Some(0));
+}

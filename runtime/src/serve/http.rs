@@ -286,12 +286,18 @@ pub async fn create_generation(
         return Err(queue_full(&state));
     }
     let prepare_state = state.clone();
-    let abandoned = AbandonOnDrop::default();
-    let flag = abandoned.0.clone();
+    let mut abandoned = AbandonOnDrop {
+        flag: Arc::default(),
+        state: state.clone(),
+        started,
+        armed: true,
+    };
+    let flag = abandoned.flag.clone();
     let prepared =
         tokio::task::spawn_blocking(move || prepare(&prepare_state, &body, files, &flag))
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    abandoned.armed = false;
     drop(abandoned);
     drop(slot);
     let (job, format, stream) = prepared?;
@@ -305,6 +311,8 @@ pub async fn create_generation(
         state: state.clone(),
         id: ticket.id.clone(),
         armed: true,
+        started,
+        logs_gone: !stream,
     };
     let outcome = Outcome {
         state,
@@ -322,13 +330,38 @@ pub async fn create_generation(
 
 /// Set when the handler that started a preparation is dropped (its client went away), so the
 /// blocking preparation can stop before its costly part.
-#[derive(Default)]
-struct AbandonOnDrop(Arc<AtomicBool>);
+/// Also logs the request (status 499, the client closed it) and counts it.
+struct AbandonOnDrop {
+    flag: Arc<AtomicBool>,
+    state: AppState,
+    started: Instant,
+    armed: bool,
+}
 
 impl Drop for AbandonOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        if self.armed {
+            self.flag.store(true, Ordering::Relaxed);
+            log_client_gone(&self.state, None, self.started);
+        }
     }
+}
+
+/// The request line and count of a non-streaming generation whose client left before its
+/// answer (499, as proxies record a client-closed request); the HTTP layer never sees it end.
+fn log_client_gone(state: &ServerState, id: Option<&str>, started: Instant) {
+    state
+        .metrics
+        .requests
+        .with_label_values(&["/v1/generations", "499"])
+        .inc();
+    state.log_event(
+        "request",
+        json!({
+            "method": "POST", "route": "/v1/generations", "status": 499, "id": id,
+            "seconds": started.elapsed().as_secs_f64(),
+        }),
+    );
 }
 
 /// Reads and drops the body of a request refused before its body was read (at most the body
@@ -563,6 +596,10 @@ pub struct CancelOnDrop {
     state: AppState,
     id: String,
     armed: bool,
+    /// When the request started; a non-streaming one is logged as 499 when its client leaves
+    /// (a stream logs its own end).
+    started: Instant,
+    logs_gone: bool,
 }
 
 impl CancelOnDrop {
@@ -582,6 +619,9 @@ impl Drop for CancelOnDrop {
         }
         if found != Cancel::NotFound {
             self.state.log_event("client_gone", json!({"id": self.id}));
+        }
+        if self.logs_gone {
+            log_client_gone(&self.state, Some(&self.id), self.started);
         }
     }
 }
@@ -625,9 +665,13 @@ impl Outcome {
                     Err(_) => continue,
                 }
             };
-            let event = event.ok_or_else(|| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the worker went away")
-            })?;
+            let Some(event) = event else {
+                self.guard.disarm();
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the worker went away",
+                ));
+            };
             match &event {
                 Event::Started { queue_wait, .. } => {
                     self.queue_wait = Some(*queue_wait);

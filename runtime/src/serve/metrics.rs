@@ -101,6 +101,17 @@ impl Metrics {
             device_memory,
         };
         metrics.register();
+        // Every reason's series exists from the start (at 0), so queries and alerts on it find
+        // the series before the first refusal.
+        for reason in [
+            "queue_full",
+            "not_ready",
+            "draining",
+            "deadline",
+            "connections",
+        ] {
+            metrics.rejected.with_label_values(&[reason]);
+        }
         metrics
     }
 

@@ -68,17 +68,20 @@ pub fn spawn(
             state.worker_ready();
             while let Some(ticket) = state.queue.pop(index) {
                 state.update_gauges();
-                run_ticket(&mut models, &ticket, &state.metrics);
+                let result = run_ticket(&mut models, &ticket, &state.metrics);
                 state.metrics.set_device_memory(index, &models.memory());
+                // The gauges first, so that a client that has its answer sees them settled.
                 state.queue.finish(&ticket);
                 state.update_gauges();
+                ticket.send(Event::Finished(Box::new(result)));
             }
         })
 }
 
-/// Runs one job's graph stages, sending progress and the result to the ticket's owner. A panic
-/// inside a stage becomes an error for this job; the worker goes on with the next.
-fn run_ticket(models: &mut Models, ticket: &Ticket, metrics: &Metrics) {
+/// Runs one job's graph stages, sending progress to the ticket's owner, and returns the result
+/// (the caller sends it). A panic inside a stage becomes an error for this job; the worker goes
+/// on with the next.
+fn run_ticket(models: &mut Models, ticket: &Ticket, metrics: &Metrics) -> Result<Generated> {
     let result = catch_unwind(AssertUnwindSafe(|| run_stages(models, ticket, metrics)))
         .unwrap_or_else(|_| {
             Err(Error::graph(
@@ -89,7 +92,7 @@ fn run_ticket(models: &mut Models, ticket: &Ticket, metrics: &Metrics) {
     if let Err(Error::Cancelled { .. }) = &result {
         metrics.cancelled.inc();
     }
-    ticket.send(Event::Finished(Box::new(result)));
+    result
 }
 
 fn run_stages(models: &mut Models, ticket: &Ticket, metrics: &Metrics) -> Result<Generated> {

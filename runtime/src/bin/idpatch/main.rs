@@ -69,14 +69,15 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        // A usage error: its first line only (clap adds usage and tips on further lines), as
-        // every other input error is one line; exit 2.
+        // No subcommand: the command list, exit 2.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+        // A usage error on one line, as every other input error: clap's message and tips (what
+        // is missing, a similar flag), without the usage block that follows them; exit 2.
         Err(e) => {
-            let rendered = e.render().to_string();
-            output::note!(
-                "{}",
-                rendered.lines().next().unwrap_or("error: bad arguments")
-            );
+            output::note!("{}", one_line_usage_error(&e.render().to_string()));
             return ExitCode::from(2);
         }
     };
@@ -137,4 +138,19 @@ fn exit_code_of(err: &anyhow::Error) -> u8 {
     err.chain()
         .find_map(|cause| cause.downcast_ref::<idpatch::Error>())
         .map_or(1, |e| e.exit_code() as u8)
+}
+
+/// Clap's rendered error up to its `Usage:` block, joined into one line.
+fn one_line_usage_error(rendered: &str) -> String {
+    let parts: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if parts.is_empty() {
+        "error: bad arguments".to_string()
+    } else {
+        parts.join(" ").replace(" tip: ", "; tip: ")
+    }
 }

@@ -18,7 +18,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     graphs: Vec<String>,
     /// Override the tolerance on max abs error relative to the output's scale
-    /// (default 1e-4 for FP32 graphs, 2e-2 for FP16).
+    /// (default 1e-4 for FP32 graphs, 2e-2 for FP16, 0.5 for INT8 graphs against the FP32
+    /// goldens; see calibration/README.md).
     #[arg(long)]
     tolerance: Option<f64>,
     /// Do not verify the set's files against the manifest's sha256 (verified files are cached,
