@@ -292,3 +292,44 @@ fn a_non_streaming_client_that_leaves_is_logged_as_499() {
     s.terminate();
     assert_eq!(s.wait_exit(Duration::from_secs(60)), Some(0));
 }
+
+/// A client still sending its headers when SIGTERM comes does not hold the exit past
+/// `--drain-timeout` (its `--read-timeout` is far longer); a warm-up layout wider than
+/// `--max-side` is refused before loading.
+#[test]
+fn a_slow_client_does_not_hold_the_drain_and_warmup_layouts_fit_max_side() {
+    let s = Server::start(&[
+        "--warmup-size",
+        "off",
+        "--drain-timeout",
+        "1",
+        "--read-timeout",
+        "60",
+    ]);
+    s.wait_ready();
+    let address = s.base.trim_start_matches("http://").to_string();
+    let mut slow = TcpStream::connect(&address).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    s.terminate();
+    assert_eq!(s.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let layout = common::tiny_dir().join("examples/layout.json");
+    let stderr = server::serve_refuses(&[
+        "--warmup-layout",
+        layout.to_str().unwrap(),
+        "--max-side",
+        "128",
+    ]);
+    assert!(
+        stderr.starts_with("error: --warmup-layout: 192x128 is larger than --max-side (128)"),
+        "{stderr}"
+    );
+}

@@ -164,10 +164,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An error answer; a message longer than [`MAX_MESSAGE_CHARS`] (it may quote client input,
+    /// such as an unknown field's name) is cut.
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            message: message.into(),
+            message: cut(&message.into(), MAX_MESSAGE_CHARS),
             field: None,
             retry_after: None,
         }
@@ -177,7 +179,7 @@ impl ApiError {
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
         let field = echo(&field.into());
         ApiError {
-            message: format!("{field}: {}", message.into()),
+            message: cut(&format!("{field}: {}", message.into()), MAX_MESSAGE_CHARS),
             field: Some(field),
             ..ApiError::new(StatusCode::BAD_REQUEST, "")
         }
@@ -251,7 +253,7 @@ impl From<Error> for ApiError {
                     None => reason,
                 };
                 ApiError {
-                    message,
+                    message: cut(&message, MAX_MESSAGE_CHARS),
                     field,
                     ..ApiError::new(StatusCode::BAD_REQUEST, "")
                 }
@@ -298,7 +300,7 @@ pub fn parse_json(body: &[u8]) -> Result<GenerationRequest, ApiError> {
             None => format!("request body: {inner}"),
         };
         ApiError {
-            message,
+            message: cut(&message, MAX_MESSAGE_CHARS),
             field,
             ..ApiError::new(StatusCode::BAD_REQUEST, "")
         }
@@ -484,11 +486,19 @@ pub fn timings_map(t: &Timings) -> BTreeMap<String, f64> {
 /// Longest piece of client input echoed back in an error (field names, ids), in characters.
 pub const MAX_ECHO_CHARS: usize = 64;
 
+/// Longest error message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 512;
+
 /// `text` as an error may echo it: at most [`MAX_ECHO_CHARS`] characters, a longer one cut with
 /// `...` (a client cannot make the server send back what it sent in bulk).
 pub fn echo(text: &str) -> String {
-    match text.char_indices().nth(MAX_ECHO_CHARS) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
+    cut(text, MAX_ECHO_CHARS)
+}
+
+/// `text` cut to `most` characters plus `...` when longer.
+fn cut(text: &str, most: usize) -> String {
+    match text.char_indices().nth(most) {
+        Some((at, _)) => format!("{}...", &text[..at]),
         None => text.to_string(),
     }
 }
@@ -506,6 +516,13 @@ mod tests {
         assert!(field.ends_with("..."));
         assert!(e.message.len() < 200, "{}", e.message);
         assert_eq!(echo("people[0]"), "people[0]");
+        let unknown = format!(r#"{{"prompt": "p", "{}": 1}}"#, "x".repeat(30_000));
+        let e = parse_json(unknown.as_bytes()).unwrap_err();
+        assert!(
+            e.message.chars().count() <= MAX_MESSAGE_CHARS + 3,
+            "{}",
+            e.message.len()
+        );
     }
 
     #[test]

@@ -63,5 +63,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Open connections finish their requests, but a client still sending its headers or body
+    // does not hold the exit past the drain timeout.
+    let _ = tokio::time::timeout(state.config.drain_timeout, graceful.shutdown()).await;
 }

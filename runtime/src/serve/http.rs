@@ -277,21 +277,25 @@ pub async fn create_generation(
         })??;
     // Preparing decodes photos and runs face detection: a bounded number at once, and only for
     // requests the queue can still take. Waiting for a slot costs nothing if the client leaves.
-    let slot = state
-        .preparing
-        .acquire()
-        .await
-        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
-    if state.queue.depth() >= state.config.queue_capacity {
-        return Err(queue_full(&state));
-    }
-    let prepare_state = state.clone();
+    // From here a client that leaves (waiting for a slot or being prepared) is logged as 499.
     let mut abandoned = AbandonOnDrop {
         flag: Arc::default(),
         state: state.clone(),
         started,
         armed: true,
     };
+    let Ok(slot) = state.preparing.acquire().await else {
+        abandoned.armed = false;
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down",
+        ));
+    };
+    if state.queue.depth() >= state.config.queue_capacity {
+        abandoned.armed = false;
+        return Err(queue_full(&state));
+    }
+    let prepare_state = state.clone();
     let flag = abandoned.flag.clone();
     let prepared =
         tokio::task::spawn_blocking(move || prepare(&prepare_state, &body, files, &flag))

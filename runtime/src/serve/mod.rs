@@ -353,7 +353,7 @@ async fn wait_for_signal() -> &'static str {
 /// The warm-up job of `warmup` (None when off).
 /// What can be checked of the warm-up before any graph is loaded: the layout file parses and its
 /// sides (or the `--warmup-size`) suit the set. Errors name the flag.
-pub fn check_warmup(warmup: &Warmup, set: &ModelSet) -> Result<()> {
+pub fn check_warmup(warmup: &Warmup, set: &ModelSet, max_side: u32) -> Result<()> {
     let (flag, width, height) = match warmup {
         Warmup::Off => return Ok(()),
         Warmup::Layout(path) => {
@@ -362,6 +362,12 @@ pub fn check_warmup(warmup: &Warmup, set: &ModelSet) -> Result<()> {
         }
         Warmup::Synthetic { width, height } => ("--warmup-size", *width, *height),
     };
+    if width.max(height) > max_side {
+        return Err(Error::invalid_input(
+            flag,
+            format!("{width}x{height} is larger than --max-side ({max_side}): no request could use its shapes"),
+        ));
+    }
     pipeline::check_image_sides(
         &set.manifest.config,
         [("width", width as usize), ("height", height as usize)],

@@ -268,7 +268,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.backend_args(*device).check()?;
     }
     let set = ModelSet::open(&args.models, Checksums::from_skip_flag(args.skip_checksums))?;
-    serve::check_warmup(&config.warmup, &set)?;
+    serve::check_warmup(&config.warmup, &set, config.max_side)?;
     // The backends stay alive as long as the graphs they loaded.
     let mut backends = Vec::new();
     let mut engines = Vec::new();
