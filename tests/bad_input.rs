@@ -585,7 +585,7 @@ fn usage_errors_are_one_line_and_negative_numbers_reach_the_range_checks() {
         "error: invalid value '-1' for '--seed <SEED>'",
         d,
     );
-    // clap's own errors: the first line only (no usage block, no tips), status 2.
+    // clap's own errors: on one line (without the usage block), status 2.
     assert_refused(
         &strings(&["faces", s(&photo), "--bogus"]),
         "error: unexpected argument '--bogus' found",
@@ -603,12 +603,17 @@ fn bench_names_the_size_flag_given_with_a_layout() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let layout = good_layout(d);
-    for flag in ["--people", "--width", "--height"] {
-        assert_refused(
-            &strings(&["bench", "--pipeline", "--layout", s(&layout), flag, "64"]),
-            &format!("{flag}: cannot be combined with --layout"),
-            d,
-        );
+    for mode in [&["--pipeline"][..], &["--fidelity", "--compare", "a", "b"]] {
+        for flag in ["--people", "--width", "--height"] {
+            let mut args = vec!["bench"];
+            args.extend_from_slice(mode);
+            args.extend_from_slice(&["--layout", s(&layout), flag, "64"]);
+            assert_refused(
+                &strings(&args),
+                &format!("{flag}: cannot be combined with --layout"),
+                d,
+            );
+        }
     }
 }
 

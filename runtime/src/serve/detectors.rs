@@ -30,7 +30,7 @@ impl<T> Pool<T> {
     /// pool afterwards, also when `f` panics (for detectors: a panic inside detection leaves no
     /// state the next detection depends on, each detection starts from the photo).
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let detector = {
+        let item = {
             let mut free = self.lock();
             loop {
                 if let Some(d) = free.pop() {
@@ -41,9 +41,9 @@ impl<T> Pool<T> {
         };
         let mut lease = Lease {
             pool: self,
-            detector: Some(detector),
+            item: Some(item),
         };
-        f(lease.detector.as_mut().expect("leased until dropped"))
+        f(lease.item.as_mut().expect("leased until dropped"))
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<T>> {
@@ -54,13 +54,13 @@ impl<T> Pool<T> {
 /// A borrowed item; dropping it returns the item to the pool.
 struct Lease<'a, T> {
     pool: &'a Pool<T>,
-    detector: Option<T>,
+    item: Option<T>,
 }
 
 impl<T> Drop for Lease<'_, T> {
     fn drop(&mut self) {
-        if let Some(d) = self.detector.take() {
-            self.pool.lock().push(d);
+        if let Some(item) = self.item.take() {
+            self.pool.lock().push(item);
             self.pool.returned.notify_one();
         }
     }

@@ -144,21 +144,30 @@ struct Timing {
     shapes: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A layout gives the size and the people: a size flag given beside `--layout` is a usage
+/// error naming that flag (`--pipeline` and `--fidelity` alike).
+fn check_layout_without_size_flags(args: &Args) -> Result<(), Error> {
+    if args.layout.is_none() {
+        return Ok(());
+    }
+    let size_flags = [
+        ("--height", args.height.is_some()),
+        ("--width", args.width.is_some()),
+        ("--people", args.people.is_some()),
+    ];
+    match size_flags.iter().find(|(_, given)| *given) {
+        Some((flag, _)) => Err(Error::invalid_input(
+            *flag,
+            "cannot be combined with --layout (the layout gives the size and the people)",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Flags that the chosen mode does not take, as a usage error naming the first one given.
 fn check_combinations(args: &Args) -> Result<(), Error> {
-    // A layout gives the size and the people: name the size flag given beside it.
-    if args.pipeline && args.layout.is_some() {
-        let size_flags = [
-            ("--height", args.height.is_some()),
-            ("--width", args.width.is_some()),
-            ("--people", args.people.is_some()),
-        ];
-        if let Some((flag, _)) = size_flags.iter().find(|(_, given)| *given) {
-            return Err(Error::invalid_input(
-                *flag,
-                "cannot be combined with --layout (the layout gives the size and the people)",
-            ));
-        }
+    if args.pipeline {
+        check_layout_without_size_flags(args)?;
     }
     let given = args.sampling.given();
     let conflicts: &[(bool, &str, &str)] = if args.pipeline {

@@ -47,16 +47,11 @@ fn check_flags(args: &Args) -> Result<(), Error> {
             "--runs",
             "does not apply to --fidelity (nothing is timed)",
         ),
-        (
-            args.layout.is_some()
-                && (args.height.is_some() || args.width.is_some() || args.people.is_some()),
-            "--layout",
-            "gives the size and people itself",
-        ),
     ];
     if let Some((_, flag, why)) = refused.iter().find(|(given, ..)| *given) {
         return Err(Error::invalid_input(*flag, *why));
     }
+    super::check_layout_without_size_flags(args)?;
     if let Some(seeds) = args.seeds.filter(|s| !(1..=MAX_SEEDS).contains(s)) {
         return Err(Error::invalid_input(
             "--seeds",
