@@ -4,7 +4,7 @@
 usage: quantize.py SET CALIB OUT [--method minmax|percentile|entropy] [--percentile 99.999]
                    [--graphs unet,controlnet] [--max-records N] [--holdout K] [--seed 0]
                    [--activations symmetric|asymmetric] [--outputs quantized|float]
-                   [--residual-convs int8|float]
+                   [--residual-convs int8|float] [--activation-type int8|uint8]
 
 The UNet and ControlNet are quantized with onnxruntime.quantization's static QDQ quantizer
 (`QDQQuantizer`): S8S8 (int8 activations and weights), per-channel symmetric weights, per-tensor
@@ -41,12 +41,17 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import sys
-import tempfile
 import time
 
 import numpy as np
 import onnx
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from quantize_checks import (  # noqa: E402
+    Refused, check_graph_files, check_index, check_manifest, check_out, load_record,
+)
 
 QUANTIZED_GRAPHS = ("unet", "controlnet")
 WEIGHT_OPS = ("Conv", "MatMul", "Gemm")
@@ -75,7 +80,7 @@ def sha256_of(path: pathlib.Path) -> str:
 def read_json(path: pathlib.Path, what: str) -> dict:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         fail(f"{what} {path}: {e}")
 
 
@@ -124,19 +129,11 @@ def tensors_to_calibrate(model, nodes: list[str], outputs: str) -> list[str]:
 # ---------------------------------------------------------------- calibration
 
 
-def external_files(model) -> list[str]:
-    files = []
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            location = next(e.value for e in tensor.external_data if e.key == "location")
-            if location not in files:
-                files.append(location)
-    return files
-
-
-def augmented_session(source: pathlib.Path, tensors: list[str], workdir: pathlib.Path):
-    """An onnxruntime session on the source graph with `tensors` as extra outputs. The graph is
-    rewritten without its weights (external data files are linked, never copied)."""
+def augmented_session(source: pathlib.Path, tensors: list[str]):
+    """An onnxruntime session on the source graph with `tensors` as extra outputs. Only the graph
+    structure is rewritten, in memory; the weights are read from the source's external data files
+    where they are (onnxruntime refuses external data reached through a link that leaves the
+    model's folder, so the files are neither linked nor copied)."""
     import onnxruntime as ort
 
     model = onnx.load(source, load_external_data=False)
@@ -144,20 +141,30 @@ def augmented_session(source: pathlib.Path, tensors: list[str], workdir: pathlib
     for name in tensors:
         if name not in outputs:
             model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    for location in external_files(model):
-        link = workdir / location
-        link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink((source.parent / location).resolve(), link)
-    path = workdir / source.name
-    onnx.save(model, path)
     options = ort.SessionOptions()
     # Unoptimised, as onnxruntime's own calibrators run: every calibrated tensor exists as named.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # A model given as bytes reads its external data relative to this folder.
+    options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                     str(source.parent.resolve()))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def load_inputs(calib: pathlib.Path, record: dict) -> dict[str, np.ndarray]:
-    return {name: np.load(calib / file) for name, file in record["inputs"].items()}
+    return load_record(calib, record)
+
+
+def run_record(session, calib: pathlib.Path, record: dict) -> list:
+    """One record through a session; inputs that do not fit the graph are the data's fault."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    inputs = load_inputs(calib, record)
+    try:
+        return session.run(None, inputs)
+    except (RuntimeError, ValueError, ort_errors.Fail, ort_errors.InvalidArgument) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Refused(f"{calib}: a {record['graph']} record (generation {record['generation']}) does not fit "
+                      f"the graph: {first}") from None
 
 
 class RangeCollector:
@@ -197,14 +204,13 @@ class RangeCollector:
 
 def collect_ranges(source: pathlib.Path, tensors: list[str], records: list[dict], calib: pathlib.Path, args):
     collector = RangeCollector(args.method, args.percentile)
-    with tempfile.TemporaryDirectory(prefix="idpatch-quantize-") as workdir:
-        session = augmented_session(source, tensors, pathlib.Path(workdir))
-        names = [o.name for o in session.get_outputs()]
-        wanted = set(tensors)
-        for record in records:
-            values = session.run(None, load_inputs(calib, record))
-            collector.add({n: v for n, v in zip(names, values) if n in wanted})
-        del session
+    session = augmented_session(source, tensors)
+    names = [o.name for o in session.get_outputs()]
+    wanted = set(tensors)
+    for record in records:
+        values = run_record(session, calib, record)
+        collector.add({n: v for n, v in zip(names, values) if n in wanted})
+    del session
     return collector.tensors_data()
 
 
@@ -227,8 +233,8 @@ def quantize_graph(source: pathlib.Path, out: pathlib.Path, nodes: list[str], ra
         model,
         True,  # per-channel weights
         args.weight_bits == 7,  # reduce_range: 7-bit weights
-        QuantType.QInt8,
-        QuantType.QInt8,
+        QuantType.QInt8,  # weights
+        QuantType.QUInt8 if args.activation_type == "uint8" else QuantType.QInt8,
         ranges,
         nodes,
         [],
@@ -271,8 +277,7 @@ def holdout_errors(fp32: pathlib.Path, int8: pathlib.Path, records: list[dict], 
     names = [o.name for o in sessions[0].get_outputs()]
     worst_rel, worst_cos = 0.0, 1.0
     for record in records:
-        inputs = load_inputs(calib, record)
-        reference, ours = (s.run(None, inputs) for s in sessions)
+        reference, ours = (run_record(s, calib, record) for s in sessions)
         for a, b in zip(reference, ours):
             a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
             scale = max(float(np.max(np.abs(a))), np.finfo(np.float64).tiny)
@@ -307,16 +312,19 @@ def copy_file(source_dir: pathlib.Path, out: pathlib.Path, relative: str) -> Non
     shutil.copyfile(source_dir / relative, target)
 
 
-def shared_entries(manifest: dict, source: pathlib.Path, out: pathlib.Path, base: str | None) -> dict:
-    """The source set's graphs (all but the quantized ones) and tokenizers, relocated or copied."""
+def shared_entries(manifest: dict, source: pathlib.Path, out: pathlib.Path, base: str | None,
+                   quantized: list[str]) -> dict:
+    """The source set's graphs and tokenizers, relocated or copied; the graphs to be quantized are
+    not copied (their entries are replaced)."""
     prefix = f"../{base}/" if base else ""
     graphs = {}
     for role, entry in manifest["graphs"].items():
         entry = json.loads(json.dumps(entry))
         files = [entry["file"]] + [d["file"] for d in entry.get("external_data", [])]
         if not base:
-            for f in files:
+            for f in files if role not in quantized else []:
                 copy_file(source, out, f)
+            # The quantized graphs are validated against these too (the PyTorch outputs).
             if entry.get("golden"):
                 shutil.copytree(source / entry["golden"], out / entry["golden"], dirs_exist_ok=True)
         entry["file"] = relocate(entry["file"], prefix)
@@ -353,9 +361,12 @@ def split_records(index: dict, graph: str, args) -> tuple[list[dict], list[dict]
 def quantize_one(graph: str, manifest: dict, index: dict, args) -> dict:
     entry = json.loads(json.dumps(manifest["graphs"][graph]))
     source = args.set / entry["file"]
-    recorded = index.get("graphs", {}).get(graph)
+    recorded = index["graphs"].get(graph)
+    if recorded is None:
+        fail(f"{args.calib} holds no recording of graph {graph}")
     if recorded != entry["sha256"]:
         fail(f"{args.calib} was recorded on graph {graph} with sha256 {recorded}, {args.set} has {entry['sha256']}")
+    check_graph_files(manifest, args.set, graph)
     records, held = split_records(index, graph, args)
     started = time.time()
     structure = onnx.load(source, load_external_data=False)
@@ -374,7 +385,7 @@ def quantize_one(graph: str, manifest: dict, index: dict, args) -> dict:
     report = {
         "method": args.method,
         "percentile": args.percentile if args.method == "percentile" else None,
-        "activations": f"int8 per-tensor {args.activations}",
+        "activations": f"{args.activation_type} per-tensor {args.activations}",
         "weights": f"int8 per-channel symmetric, {args.weight_bits}-bit range",
         "outputs": args.outputs,
         "quantized_nodes": len(nodes),
@@ -405,6 +416,9 @@ def parse_args(argv=None):
     parser.add_argument("--activations", choices=["symmetric", "asymmetric"], default="symmetric")
     parser.add_argument("--outputs", choices=["quantized", "float"], default="quantized")
     parser.add_argument("--residual-convs", choices=["int8", "float"], default="int8")
+    parser.add_argument("--activation-type", choices=["int8", "uint8"], default="int8",
+                        help="int8 (S8S8, what TensorRT takes) or uint8 (U8S8, what ONNX Runtime's x86 CPU "
+                             "kernels run; see calibration/README.md)")
     parser.add_argument("--weight-bits", type=int, choices=[7, 8], default=8,
                         help="7: weights in [-64, 63] (onnxruntime's reduce_range), no int16 saturation on x86 without VNNI")
     parser.add_argument("--name", help="set name (default: OUT's folder name)")
@@ -414,30 +428,31 @@ def parse_args(argv=None):
         parser.error(f"--graphs: a comma-separated subset of {','.join(QUANTIZED_GRAPHS)}")
     if not 0 < args.percentile <= 100:
         parser.error("--percentile must be in (0, 100]")
-    if args.holdout < 0 or args.holdout == 1 or args.max_records < 0:
-        parser.error("--holdout must be 0 or at least 2, --max-records at least 0")
+    if args.holdout < 0 or args.holdout == 1 or args.max_records < 0 or args.seed < 0:
+        parser.error("--holdout must be 0 or at least 2, --max-records and --seed at least 0")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    manifest = read_json(args.set / "manifest.json", "graph set")
-    index = read_json(args.calib / "calibration.json", "calibration data")
-    if index.get("format") != FORMAT:
-        fail(f"{args.calib}: calibration format {index.get('format')}, this script reads {FORMAT}")
-    if manifest.get("precision") != "fp32":
-        fail(f"{args.set} is a {manifest.get('precision')} set; quantize an FP32 set")
-    if args.out.exists():
-        fail(f"{args.out} exists; give a new folder")
-    partial = args.out.with_name(args.out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
+    try:
+        manifest = check_manifest(read_json(args.set / "manifest.json", "graph set"), args.set, args.graphs)
+        index = check_index(read_json(args.calib / "calibration.json", "calibration data"), args.calib, FORMAT)
+        check_out(args.out, args.set)
+    except Refused as e:
+        fail(str(e))
+    # Our own partial folder (a concurrent run has its own); removed on any failure, SIGTERM too.
+    partial = args.out.with_name(f"{args.out.name}.partial-{os.getpid()}")
+    try:
+        partial.mkdir()
+    except OSError as e:
+        fail(f"{args.out}: cannot make {partial.name}: {e.strerror or e}")
     base = base_link(args.set, args.out)
     target, args.out = args.out, partial
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         out_manifest = json.loads(json.dumps(manifest))
-        out_manifest.update(shared_entries(manifest, args.set, partial, base))
+        out_manifest.update(shared_entries(manifest, args.set, partial, base, args.graphs))
         for graph in args.graphs:
             entry = quantize_one(graph, manifest, index, args)
             # The FP32 set's goldens: the PyTorch outputs the INT8 graph is validated against.
@@ -452,18 +467,37 @@ def main(argv=None) -> int:
             "from": manifest.get("name"),
             "from_source": manifest.get("source"),
             "calibration": {k: index.get(k) for k in ("steps", "guidance", "samples_per_generation")}
-            | {"generations": len(index.get("generations", [])), "records": len(index.get("records", []))},
+            | {"generations": len(index.get("generations", [])), "records": len(index["records"])},
             "onnxruntime": __import__("onnxruntime").__version__,
             "onnx": onnx.__version__,
             "quantizer": "calibration/quantize.py " + " ".join(sys.argv[1:] if argv is None else argv),
         }
         (partial / "manifest.json").write_text(json.dumps(out_manifest, indent=2) + "\n")
+        if target.exists() or target.is_symlink():
+            fail(f"{target} appeared while quantizing; the result is not moved there")
         partial.rename(target)
+    except Refused as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        fail(str(e))
+    except OSError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        fail(f"{getattr(e, 'filename', None) or target}: {e.strerror or e}")
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
+def _terminated(signum, frame):
+    """SIGTERM: unwind (the partial folder is removed) and exit as a terminated process would."""
+    raise SystemExit(128 + signum)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("quantize.py: interrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)

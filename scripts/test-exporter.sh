@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The exporter's Python tests, in two environments:
-# - exporter-specs/tests (weightless sets, materialize.py; onnx and numpy only) in target/pyenv,
-#   onnx and numpy at the versions exporter-specs/requirements.txt pins (made once: ~130 MB, under a minute);
+# - exporter-specs/tests (weightless sets, materialize.py) and calibration/tests (quantize.py) in
+#   target/pyenv: onnx, numpy and onnxruntime at the versions exporter-specs/requirements.txt pins
+#   (made once: ~200 MB, under a minute);
 # - exporter-specs/tests_torch (graph IO specs and ControlNet residual layout, id-patch.bin keys,
 #   the FP16 timestep embedding, --from-pretrained on stand-in checkpoints) in target/refenv, the
 #   environment scripts/pyenv.sh makes from exporter-specs/requirements.txt (torch and its CUDA
@@ -30,13 +31,17 @@ want=$(sha256sum "$requirements" | cut -d' ' -f1)
 
 if [ "$which" != torch ]; then
     env=target/pyenv
-    if [ ! -x "$env/bin/python" ] || [ "$(cat "$env/requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    packages="onnx numpy onnxruntime"
+    stamp="$want $packages"
+    if [ ! -x "$env/bin/python" ] || [ "$(cat "$env/requirements.sha256" 2>/dev/null)" != "$stamp" ]; then
         python3 -m venv "$env"
-        # The pins of the full environment, for the two packages these tests import.
-        "$env/bin/python" -m pip install -q --disable-pip-version-check -c "$requirements" onnx numpy >&2
-        echo "$want" >"$env/requirements.sha256"
+        # The pins of the full environment, for the packages these tests import.
+        # shellcheck disable=SC2086
+        "$env/bin/python" -m pip install -q --disable-pip-version-check -c "$requirements" $packages >&2
+        echo "$stamp" >"$env/requirements.sha256"
     fi
     "$env/bin/python" -m unittest discover -s exporter-specs/tests
+    "$env/bin/python" -m unittest discover -s calibration/tests
 fi
 if [ "$which" != light ]; then
     py=$(scripts/pyenv.sh)

@@ -160,6 +160,7 @@ fn bench_compares_precisions_for_speed_and_fidelity() {
     let lib = ort_lib();
     let (tiny, int8) = (tiny_dir(), int8_dir());
     let sets = [tiny.to_str().unwrap(), int8.to_str().unwrap()];
+    let traces = tempfile::tempdir().unwrap();
     let (code, stdout, stderr) = idpatch(&[
         "bench",
         "--compare",
@@ -175,6 +176,8 @@ fn bench_compares_precisions_for_speed_and_fidelity() {
         "1",
         "--runs",
         "2",
+        "--profile",
+        traces.path().to_str().unwrap(),
         "--json",
     ]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
@@ -185,6 +188,33 @@ fn bench_compares_precisions_for_speed_and_fidelity() {
         .collect();
     assert_eq!(precisions, ["fp32", "int8"]);
     assert!(lines[2]["ratio_of_medians"].as_f64().unwrap() > 0.0);
+    // ONNX Runtime's profiler: the timed runs only (not the warm-up), every kernel counted once,
+    // the trace kept under a/ and b/; integer kernels only in the quantized graph.
+    let mut op_names = Vec::new();
+    for (line, slot) in lines[..2].iter().zip(["a", "b"]) {
+        let profile = &line["profile"];
+        assert_eq!(profile["runs"], 2, "{profile}");
+        let trace = PathBuf::from(profile["file"].as_str().unwrap());
+        assert_eq!(trace.parent().unwrap(), traces.path().join(slot));
+        assert!(trace.is_file());
+        let ops = profile["ops"].as_array().unwrap();
+        let share: f64 = ops.iter().map(|o| o["share"].as_f64().unwrap()).sum();
+        assert!((share - 1.0).abs() < 1e-9, "{share}");
+        let per_run: f64 = ops.iter().map(|o| o["ms_per_run"].as_f64().unwrap()).sum();
+        let kernel = profile["kernel_ms_per_run"].as_f64().unwrap();
+        assert!(
+            kernel > 0.0 && (per_run - kernel).abs() < 1e-6 * kernel,
+            "{profile}"
+        );
+        op_names.push(
+            ops.iter()
+                .map(|o| o["op"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>(),
+        );
+    }
+    let integer = |names: &[String]| names.iter().any(|n| n.starts_with("QLinear"));
+    assert!(!integer(&op_names[0]), "{:?}", op_names[0]);
+    assert!(integer(&op_names[1]), "{:?}", op_names[1]);
 
     let (code, stdout, stderr) = idpatch(&[
         "bench",
@@ -262,6 +292,30 @@ fn fidelity_refuses_what_it_cannot_honour() {
             "--seeds: must be at least 1",
         ),
         (vec!["bench", "--seeds", "2"], "--seeds: needs --fidelity"),
+        (
+            vec!["bench", "--fidelity", "--compare", t, t, "--profile", "p"],
+            "--profile: profiles single graphs; cannot be combined with --fidelity",
+        ),
+        (
+            vec!["bench", "--pipeline", "--backend", "ort", "--profile", "p"],
+            "--profile: profiles single graphs; cannot be combined with --pipeline",
+        ),
+        (
+            vec!["bench", "--profile", "p", "--warmup", "1", "--runs", "1000"],
+            "--runs: with --profile, --warmup and --runs together may be at most 1000 (got 1001)",
+        ),
+        (
+            vec!["bench", "--graphs", "unet", "--profile", "p"],
+            "--profile: is ONNX Runtime's profiler; configuration tract runs on tract",
+        ),
+        (
+            vec!["bench", "--compare", "ort-cpu", "tract", "--profile", "p"],
+            "--profile: is ONNX Runtime's profiler; configuration tract runs on tract",
+        ),
+        (
+            vec!["bench", "--backend", "ort", "--profile", "/proc/idpatch"],
+            "--profile: /proc/idpatch: cannot write traces there",
+        ),
     ] {
         let (code, _, stderr) = idpatch(&args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
@@ -289,6 +343,44 @@ fn open_with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<ModelSet, Stri
     edit(&mut manifest);
     std::fs::write(&path, serde_json::to_string(&manifest).unwrap()).unwrap();
     ModelSet::open(&folder.path().join("q"), Checksums::Verify).map_err(|e| e.to_string())
+}
+
+#[test]
+fn tensorrt_refuses_a_graph_quantized_with_uint8_activations() {
+    let folder = models_folder();
+    let path = folder.path().join("q/manifest.json");
+    let mut manifest: serde_json::Value = common::read_json(&path);
+    assert_eq!(
+        manifest["graphs"]["unet"]["quantization"]["activations"],
+        "int8 per-tensor symmetric"
+    );
+    manifest["graphs"]["unet"]["quantization"]["activations"] = "uint8 per-tensor symmetric".into();
+    std::fs::write(&path, serde_json::to_string(&manifest).unwrap()).unwrap();
+    let set = ModelSet::open(&folder.path().join("q"), Checksums::Verify).unwrap();
+    assert!(set.entry(Role::Unet).unwrap().has_uint8_activations());
+    assert!(!set.entry(Role::Controlnet).unwrap().has_uint8_activations());
+    // Refused before the provider is asked for, so the CPU library shows it too.
+    let lib = ort_lib();
+    let q = folder.path().join("q");
+    let (code, _, stderr) = idpatch(&[
+        "validate",
+        "--models",
+        q.to_str().unwrap(),
+        "--backend",
+        "ort",
+        "--ep",
+        "tensorrt",
+        "--ort-lib",
+        &lib,
+        "--graphs",
+        "unet",
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("graph unet was quantized with uint8 activations")
+            && stderr.contains("--activation-type int8"),
+        "{stderr}"
+    );
 }
 
 /// A change made to the INT8 set's manifest before opening it.

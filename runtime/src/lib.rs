@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod noise;
 pub mod npy;
 pub mod pipeline;
+pub mod profile;
 pub mod scheduler;
 #[cfg(feature = "serve")]
 pub mod serve;

@@ -172,6 +172,30 @@ pub struct GraphEntry {
     /// Fused ONNX Runtime operators in an optimised graph, by op type.
     #[serde(default)]
     pub fused_ops: Option<BTreeMap<String, u64>>,
+    /// How an INT8 graph was quantized (the report calibration/quantize.py writes).
+    #[serde(default)]
+    pub quantization: Option<Quantization>,
+}
+
+/// The part of an INT8 graph's quantization report the runtime reads; the rest (method,
+/// calibration records, held-out errors, ...) is for people.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Quantization {
+    /// `"int8 per-tensor symmetric"` (S8S8, what TensorRT takes) or `"uint8 per-tensor
+    /// symmetric"` (U8S8, for ONNX Runtime's x86 CPU kernels).
+    #[serde(default)]
+    pub activations: Option<String>,
+}
+
+impl GraphEntry {
+    /// Whether the graph's quantized activations are unsigned (a U8S8 graph, which TensorRT
+    /// cannot take).
+    pub fn has_uint8_activations(&self) -> bool {
+        self.quantization
+            .as_ref()
+            .and_then(|q| q.activations.as_deref())
+            .is_some_and(|a| a.starts_with("uint8"))
+    }
 }
 
 pub use crate::tokenizer::{TokenizerSection, TOKENIZERS};

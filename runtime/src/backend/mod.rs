@@ -10,7 +10,7 @@
 //! pipeline can be checked without a GPU; a backend without device memory (tract) reports `None`.
 
 use std::any::Any;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::manifest::{check_io, GraphEntry, ModelSet, Role, TensorSpec};
 use crate::tensor::{DType, Tensor};
@@ -173,6 +173,14 @@ pub trait Graph: Send {
     /// Runtime's arenas); `None` otherwise (tract, or an allocator without statistics).
     fn memory(&self) -> Option<MemoryUse> {
         None
+    }
+
+    /// Ends the profiler this graph's session was started with (ONNX Runtime's, with
+    /// [`OrtOptions::profile_dir`](crate::backend::ort::OrtOptions::profile_dir)) and returns
+    /// the trace file it wrote; `None` when the graph is not profiled (always, on tract). Later
+    /// runs are not profiled.
+    fn end_profiling(&mut self) -> Result<Option<PathBuf>> {
+        Ok(None)
     }
 
     /// Copies a value (possibly in device memory) to the host.

@@ -214,6 +214,7 @@ impl OrtBackend {
             host_memory,
             cuda_graphs: self.options.cuda_graph.then(HashMap::new),
             counters: Arc::clone(&self.counters),
+            profiling: self.options.profile_dir.is_some(),
         })
     }
 }

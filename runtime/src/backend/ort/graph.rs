@@ -8,6 +8,7 @@
 //! (see [`owned_value`]).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -89,6 +90,8 @@ pub(super) struct OrtGraph {
     /// Per distinct input shapes, when CUDA graphs are on.
     pub(super) cuda_graphs: Option<HashMap<Vec<Vec<usize>>, CapturedGraph>>,
     pub(super) counters: Arc<Counters>,
+    /// The session's profiler is on (until [`Graph::end_profiling`]).
+    pub(super) profiling: bool,
 }
 
 /// What an input is bound from: a value already in provider memory, or a host tensor that is
@@ -343,6 +346,17 @@ impl Graph for OrtGraph {
             _ => "cpu".to_string(),
         };
         super::memory::arena_use(&self.session, &self.device_memory, device)
+    }
+
+    fn end_profiling(&mut self) -> Result<Option<PathBuf>> {
+        if !std::mem::take(&mut self.profiling) {
+            return Ok(None);
+        }
+        let file = self
+            .session
+            .end_profiling()
+            .map_err(|e| self.fail("profiler", e))?;
+        Ok(Some(PathBuf::from(file)))
     }
 
     fn to_host(&self, value: Value) -> Result<Tensor> {

@@ -127,6 +127,11 @@ pub struct OrtOptions {
     /// Let TensorRT use FP16 kernels.
     pub trt_fp16: bool,
     pub trt_ranges: ShapeRanges,
+    /// Turn on ONNX Runtime's profiler for every session: each writes a Chrome-trace JSON file
+    /// `<this folder>/<graph>_<timestamp>.json` (one event per node run, with its operator
+    /// type, provider and duration in microseconds), finished by
+    /// [`Graph::end_profiling`](crate::backend::Graph::end_profiling). The folder must exist.
+    pub profile_dir: Option<PathBuf>,
     /// Where the backend's notices go (TensorRT engine builds, `--ep auto`'s choice, axes
     /// without a profile range); none are shown by default.
     pub notices: Notices,
@@ -145,6 +150,7 @@ impl Default for OrtOptions {
             trt_cache_dir: None,
             trt_fp16: true,
             trt_ranges: ShapeRanges::default(),
+            profile_dir: None,
             notices: Notices::default(),
         }
     }

@@ -40,6 +40,11 @@ impl OrtBackend {
                 .with_intra_threads(n)
                 .map_err(|e| fail("threads", e.to_string()))?;
         }
+        if let Some(dir) = &self.options.profile_dir {
+            builder = builder
+                .with_profiling(dir.join(role.name()))
+                .map_err(|e| fail("profiler", e.to_string()))?;
+        }
         let (providers, trt_cache) = match ep {
             Ep::Cpu | Ep::Auto => (vec![], None),
             Ep::Cuda => (vec![self.cuda_provider()], None),
@@ -97,6 +102,17 @@ impl OrtBackend {
         io: &GraphIo,
         entry: Option<&GraphEntry>,
     ) -> Result<(ep::ExecutionProviderDispatch, PathBuf)> {
+        if entry.is_some_and(GraphEntry::has_uint8_activations) {
+            // TensorRT's explicit quantization is signed int8 with zero point 0 only.
+            return Err(Error::invalid_input(
+                "--ep",
+                format!(
+                    "graph {role} was quantized with uint8 activations (U8S8, for ONNX Runtime's \
+                     CPU provider); TensorRT takes int8 activations only: quantize with \
+                     calibration/quantize.py --activation-type int8"
+                ),
+            ));
+        }
         let root = match &self.options.trt_cache_dir {
             Some(d) => d.clone(),
             None => default_trt_cache_root(),

@@ -90,6 +90,9 @@ pub struct BackendArgs {
     /// ~/.cache/idpatch/tensorrt); --ep tensorrt or auto.
     #[arg(long)]
     pub trt_cache: Option<PathBuf>,
+    /// ONNX Runtime's profiler folder (set by `bench --profile`, not a flag of every command).
+    #[arg(skip)]
+    pub profile_dir: Option<PathBuf>,
 }
 
 /// A provider setting: its flag, whether it was given, what it is, and the providers that have it.
@@ -290,7 +293,7 @@ impl BackendArgs {
     pub fn make(&self) -> Result<Box<dyn Backend>, Error> {
         self.check()?;
         match self.kind() {
-            BackendKind::Tract => make_tract(),
+            BackendKind::Tract => make_tract(self),
             BackendKind::Ort => make_ort(self),
         }
     }
@@ -321,12 +324,19 @@ impl BackendArgs {
 }
 
 #[cfg(feature = "tract")]
-fn make_tract() -> Result<Box<dyn Backend>, Error> {
+fn make_tract(args: &BackendArgs) -> Result<Box<dyn Backend>, Error> {
+    if args.profile_dir.is_some() {
+        // `bench --profile` refuses tract configurations first; never profile silently nothing.
+        return Err(Error::invalid_input(
+            "--profile",
+            "is ONNX Runtime's profiler; tract has none",
+        ));
+    }
     Ok(Box::new(idpatch::TractBackend::new()))
 }
 
 #[cfg(not(feature = "tract"))]
-fn make_tract() -> Result<Box<dyn Backend>, Error> {
+fn make_tract(_: &BackendArgs) -> Result<Box<dyn Backend>, Error> {
     Err(Error::invalid_input(
         "--backend",
         "this build has no tract backend (built without the `tract` feature)",
@@ -352,6 +362,7 @@ fn make_ort(args: &BackendArgs) -> Result<Box<dyn Backend>, Error> {
         tf32: args.tf32,
         cuda_graph: args.cuda_graph,
         trt_cache_dir: args.trt_cache.clone(),
+        profile_dir: args.profile_dir.clone(),
         // The backend's notices are shown on stderr (never panicking when it is closed).
         notices: idpatch::backend::notice::Notices::to(|n| note!("{n}")),
         ..OrtOptions::default()

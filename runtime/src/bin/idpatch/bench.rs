@@ -14,10 +14,11 @@ use idpatch::Error;
 use serde_json::json;
 
 use crate::backend_args::{BackendArgs, Provider};
-use crate::output::{graph_cell, outln};
+use crate::output::{graph_cell, note, outln};
 use crate::sampling_args::SamplingArgs;
 
 mod fidelity;
+mod profile;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum InputSource {
@@ -104,6 +105,13 @@ pub struct Args {
     /// guidance window for the generations.
     #[arg(long)]
     fidelity: bool,
+    /// Run ONNX Runtime's profiler on each timed graph: its trace goes to DIR
+    /// (`<graph>_<timestamp>.json`; with --compare in DIR/a and DIR/b), and the ten operator
+    /// types with the most kernel time over the timed runs are printed below the graph's row
+    /// (with --json, all of them, as its `profile`). The timings then include the profiler's
+    /// own cost. Single graphs on ONNX Runtime only, at most 1000 runs with the warm-up.
+    #[arg(long, value_name = "DIR")]
+    profile: Option<PathBuf>,
     /// With --fidelity: generations to compare, seeds 0 to N-1 (default 3).
     #[arg(long)]
     seeds: Option<usize>,
@@ -142,6 +150,7 @@ struct Timing {
     precision: String,
     source: &'static str,
     shapes: serde_json::Map<String, serde_json::Value>,
+    profile: Option<idpatch::profile::Profile>,
 }
 
 /// A layout gives the size and the people: a size flag given beside `--layout` is a usage
@@ -268,6 +277,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn bench(args: &Args) -> anyhow::Result<ExitCode> {
+    profile::check_mode(args)?;
     if args.fidelity {
         return fidelity::run(args);
     }
@@ -284,6 +294,9 @@ fn bench(args: &Args) -> anyhow::Result<ExitCode> {
     let (warmup, runs) = (args.warmup.unwrap_or(3), args.runs.unwrap_or(20));
     let roles = Role::parse_list(&args.graphs, "--graphs")?;
     let (size, source) = graph_inputs(args)?;
+    if args.profile.is_some() {
+        note!("bench: --profile: these timings include the profiler's own cost");
+    }
     if !args.json {
         outln!(
             "{} {:<22} {:>10} {:>10} {:>5}  shapes",
@@ -316,11 +329,13 @@ fn configs(args: &Args) -> anyhow::Result<Vec<Config>> {
     }
     args.backend.check()?;
     let checksums = Checksums::from_skip_flag(args.skip_checksums);
+    let label = args.backend.label();
+    let config_args = profile::with_profiler(args, args.backend.clone(), &label, None)?;
     Ok(vec![Config {
-        label: args.backend.label(),
+        label,
         backend_label: true,
-        args: args.backend.clone(),
-        backend: args.backend.make()?,
+        backend: config_args.make()?,
+        args: config_args,
         set: ModelSet::open(&args.models, checksums)?,
     }])
 }
@@ -372,6 +387,7 @@ fn print_timing(
             "runs": timing.stats.runs,
             "warmup": warmup,
             "shapes": timing.shapes,
+            "profile": timing.profile,
         });
         outln!("{line}")?;
     } else {
@@ -389,6 +405,9 @@ fn print_timing(
             timing.stats.runs,
             shapes.join(" ")
         )?;
+        if let Some(p) = &timing.profile {
+            profile::print(p)?;
+        }
     }
     Ok(())
 }
@@ -470,8 +489,12 @@ fn compare_configs(args: &Args) -> anyhow::Result<Vec<Config>> {
         .into());
     }
     let checksums = Checksums::from_skip_flag(args.skip_checksums);
+    for (label, _, config_args, _) in &planned {
+        profile::check_backend(args, config_args, label)?;
+    }
     let mut configs = Vec::new();
-    for (label, backend_label, config_args, _) in planned {
+    for ((label, backend_label, config_args, _), slot) in planned.into_iter().zip(["a", "b"]) {
+        let config_args = profile::with_profiler(args, config_args, label, Some(slot))?;
         let dir = if backend_label {
             &args.models
         } else {
@@ -528,6 +551,10 @@ fn time_one(
         inputs.push((name, value));
     }
     let stats = time_graph(graph.as_mut(), &inputs, warmup, runs)?;
+    let profile = match graph.end_profiling()? {
+        Some(trace) => Some(idpatch::profile::summarize(&trace, warmup, warmup + runs)?),
+        None => None,
+    };
     let name = config.backend.name();
     Ok(Timing {
         stats,
@@ -535,6 +562,7 @@ fn time_one(
         precision: entry.precision.clone(),
         source,
         shapes,
+        profile,
     })
 }
 

@@ -112,6 +112,7 @@ impl Args {
             tf32: self.tf32,
             cuda_graph: self.cuda_graph,
             trt_cache: self.trt_cache.clone(),
+            profile_dir: None,
         }
     }
 
