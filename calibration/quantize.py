@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -50,7 +49,7 @@ import onnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from quantize_checks import (  # noqa: E402
-    Refused, check_graph_files, check_index, check_manifest, check_out, load_record,
+    Refused, check_graph_files, check_index, check_manifest, check_out, load_record, sha256_of,
 )
 
 QUANTIZED_GRAPHS = ("unet", "controlnet")
@@ -67,14 +66,6 @@ FORMAT = 1
 def fail(message: str) -> None:
     print(f"quantize.py: {message}", file=sys.stderr)
     raise SystemExit(2)
-
-
-def sha256_of(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_json(path: pathlib.Path, what: str) -> dict:
@@ -301,8 +292,11 @@ def tokenizer_paths(section: dict) -> list[str]:
 
 def base_link(source: pathlib.Path, out: pathlib.Path) -> str | None:
     """The base-set name when OUT sits beside SET in one folder, else None (files are copied)."""
-    if source.resolve().parent == out.resolve().parent and source.resolve() != out.resolve():
-        return source.resolve().name
+    # Compared as given, links not followed: a set reached through a link in OUT's folder is
+    # named by that link (the runtime follows it).
+    source, out = pathlib.Path(os.path.abspath(source)), pathlib.Path(os.path.abspath(out))
+    if source.parent == out.parent and source != out:
+        return source.name
     return None
 
 
@@ -355,6 +349,9 @@ def split_records(index: dict, graph: str, args) -> tuple[list[dict], list[dict]
         records = [records[i] for i in keep]
     if not records:
         fail(f"{args.calib}: no calibration records for graph {graph}")
+    if args.holdout and not held:
+        fail(f"--holdout {args.holdout}: no generation of {args.calib} is held out (generation g is when "
+             f"g % {args.holdout} == {args.holdout - 1}); give a smaller K")
     return records, held
 
 

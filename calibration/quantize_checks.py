@@ -31,7 +31,8 @@ def _mapping(value: object, what: str) -> dict:
     return value
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256_of(path: pathlib.Path) -> str:
+    """The sha256 of a file, as the manifests record it (hex)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -85,7 +86,7 @@ def check_graph_files(manifest: dict, where: pathlib.Path, graph: str) -> None:
         path = where / file
         if not path.is_file():
             raise Refused(f"{where}: graph {graph}: {file} is missing")
-        if _sha256(path) != digest:
+        if sha256_of(path) != digest:
             raise Refused(f"{where}: graph {graph}: {file} does not match its sha256 in the manifest")
 
 

@@ -263,6 +263,19 @@ class QuantizeExternalData(unittest.TestCase):
                 self.assertEqual(message.count("\n"), 1, message)
                 self.assertEqual(sorted(p.name for p in root.iterdir()), ["calib", "standin"])
 
+    def test_a_source_set_reached_through_a_link_beside_out_is_the_base(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = pathlib.Path(tmp)
+            fp32, calib = standin_set(root)
+            (root / "links").mkdir()
+            (root / "links" / "linked").symlink_to(fp32)
+            out = root / "links" / "linked-int8"
+            self.assertEqual(quantize.main([str(root / "links" / "linked"), str(calib), str(out),
+                                            "--graphs", "unet"]), 0)
+            manifest = json.loads((out / "manifest.json").read_text())
+            self.assertEqual(manifest["base"], "linked")
+            self.assertEqual(sorted(p.name for p in out.iterdir()), ["manifest.json", "unet.onnx"])
+
     def test_an_out_folder_inside_the_source_set_is_refused(self):
         with tempfile.TemporaryDirectory() as tmp:
             root = pathlib.Path(tmp)
