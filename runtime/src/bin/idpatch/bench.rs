@@ -1,4 +1,4 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use idpatch::backend::{load_checked, Backend};
@@ -13,10 +13,11 @@ use idpatch::pipeline::{self, check_image_sides, Params, MAX_STEPS};
 use idpatch::Error;
 use serde_json::json;
 
-use crate::backend_args::{BackendArgs, Provider};
+use crate::backend_args::BackendArgs;
 use crate::output::{graph_cell, note, outln};
 use crate::sampling_args::SamplingArgs;
 
+mod compare;
 mod fidelity;
 mod profile;
 
@@ -325,7 +326,7 @@ fn bench(args: &Args) -> anyhow::Result<ExitCode> {
 /// The configuration the backend flags give, or the two of `--compare`.
 fn configs(args: &Args) -> anyhow::Result<Vec<Config>> {
     if !args.compare.is_empty() {
-        return compare_configs(args);
+        return compare::configs(args);
     }
     args.backend.check()?;
     let checksums = Checksums::from_skip_flag(args.skip_checksums);
@@ -430,85 +431,6 @@ fn print_ratio(args: &Args, role: Role, configs: &[Config], ratio: f64) -> anyho
         )?;
     }
     Ok(())
-}
-
-/// The two configurations of `--compare`. A backend label sets the backend and provider of its
-/// configuration, so `--backend` and `--ep` must then serve a set-directory label; ONNX Runtime
-/// flags go to the configurations that honour them, and one that neither honours is an error.
-fn compare_configs(args: &Args) -> anyhow::Result<Vec<Config>> {
-    let mut planned = Vec::new();
-    for label in &args.compare {
-        if let Some(ep) = label.strip_prefix("ort-") {
-            Provider::parse(ep).map_err(|e| match e {
-                Error::InvalidInput { reason, .. } => Error::invalid_input("--compare", reason),
-                other => other,
-            })?;
-        }
-        let (asked, backend_label) = if let Some(asked) = args.backend.with_label(label) {
-            (asked, true)
-        } else if Path::new(label).is_dir() {
-            (args.backend.clone(), false)
-        } else {
-            return Err(Error::invalid_input(
-                "--compare",
-                format!(
-                    "{label:?} is neither a backend (tract, ort-cpu, ort-cuda, ort-tensorrt, \
-                     ort-auto) nor a graph set directory"
-                ),
-            )
-            .into());
-        };
-        let (config_args, skipped) = asked.split_unhonoured()?;
-        planned.push((label, backend_label, config_args, skipped));
-    }
-    if planned
-        .iter()
-        .all(|(.., backend_label, _, _)| *backend_label)
-    {
-        let given = [
-            ("--backend", args.backend.backend.is_some()),
-            ("--ep", args.backend.ep.is_some()),
-        ];
-        if let Some((flag, _)) = given.iter().find(|(_, given)| *given) {
-            return Err(Error::invalid_input(
-                *flag,
-                "--compare names the backend of both configurations",
-            )
-            .into());
-        }
-    }
-    if let Some(flag) = planned[0].3.iter().find(|f| planned[1].3.contains(f)) {
-        let names: Vec<&str> = planned.iter().map(|p| p.0.as_str()).collect();
-        return Err(Error::invalid_input(
-            *flag,
-            format!(
-                "neither compared configuration ({}) can honour it",
-                names.join(", ")
-            ),
-        )
-        .into());
-    }
-    let checksums = Checksums::from_skip_flag(args.skip_checksums);
-    for (label, _, config_args, _) in &planned {
-        profile::check_backend(args, config_args, label)?;
-    }
-    let mut configs = Vec::new();
-    for ((label, backend_label, config_args, _), slot) in planned.into_iter().zip(["a", "b"]) {
-        let config_args = profile::with_profiler(args, config_args, label, Some(slot))?;
-        let dir = if backend_label {
-            &args.models
-        } else {
-            Path::new(label)
-        };
-        configs.push(Config {
-            label: label.clone(),
-            backend_label,
-            backend: config_args.make()?,
-            args: config_args,
-            set: ModelSet::open(dir, checksums)?,
-        });
-    }
-    Ok(configs)
 }
 
 fn time_one(

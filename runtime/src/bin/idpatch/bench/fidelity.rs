@@ -20,9 +20,7 @@ use idpatch::pipeline::{self, Models, Params, Tokenizers};
 use idpatch::{Error, Tensor};
 use serde_json::json;
 
-use super::{
-    check_bounds, compare_configs, pipeline_layout, pipeline_params, Args, Config, InputSource,
-};
+use super::{check_bounds, compare, pipeline_layout, pipeline_params, Args, Config, InputSource};
 use crate::output::{note, outln};
 
 /// Most seeds one comparison runs.
@@ -64,7 +62,7 @@ fn check_flags(args: &Args) -> Result<(), Error> {
 pub(super) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     check_flags(args)?;
     check_bounds(args)?;
-    let configs = compare_configs(args)?;
+    let configs = compare::configs(args)?;
     let names = [configs[0].shown(), configs[1].shown()];
     let roles = Role::parse_list(&args.graphs, "--graphs")?;
     if !args.json {
